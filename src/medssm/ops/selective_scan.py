@@ -1,0 +1,84 @@
+"""The public selective-scan entry point and its backend dispatch.
+
+``selective_scan`` has mamba_ssm's signature and semantics exactly; ``backend`` picks the implementation:
+
+- ``"reference"``: plain PyTorch loop over time (the oracle; slow).
+- ``"torch"``: chunked pure PyTorch; any device, differentiable, traceable and exportable.
+- ``"cpu"``: fused multithreaded numba kernels for forward and backward (CPU tensors).
+- ``"auto"``: the fastest available for the tensors' device; the choice is logged at DEBUG level and
+  shown by ``medssm info``. Asking for a backend that cannot run here is an error, never a silent fallback.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+
+import torch
+
+from ._checks import check_scan_args
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("reference", "torch", "cpu")
+
+
+def _numba_available() -> bool:
+    return importlib.util.find_spec("numba") is not None
+
+
+def available_backends(device: str | torch.device = "cpu") -> list[str]:
+    """Backends that can run on ``device``, fastest first (the first is what ``"auto"`` picks)."""
+    device = torch.device(device)
+    names = []
+    if device.type == "cpu" and _numba_available():
+        names.append("cpu")
+    names += ["torch", "reference"]
+    return names
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """Turn ``backend`` (possibly ``"auto"``) into a concrete backend name for ``device``, or raise."""
+    if backend == "auto":
+        chosen = available_backends(device)[0]
+        logger.debug("selective_scan backend='auto' chose %r for device %s", chosen, device)
+        return chosen
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
+    if backend not in available_backends(device):
+        reason = "it needs CPU tensors" if backend == "cpu" and device.type != "cpu" else "numba is not installed"
+        raise ValueError(f"selective_scan backend {backend!r} cannot run on {device}: {reason}. "
+                         f"Available here: {available_backends(device)}")
+    return backend
+
+
+def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                   D: torch.Tensor | None = None, z: torch.Tensor | None = None,
+                   delta_bias: torch.Tensor | None = None, delta_softplus: bool = False,
+                   return_last_state: bool = False, *, backend: str = "auto"):
+    """Selective scan (Mamba's S6 recurrence) with mamba_ssm's semantics.
+
+    Args:
+        u, delta: (batch, d, L) inputs and time steps.
+        A: (d, N) real state matrix (diagonal per channel), usually ``-exp(A_log)``.
+        B, C: (d, N) fixed, (batch, N, L) selective, or (batch, G, N, L) grouped (channel block g of d/G
+            channels uses group g).
+        D: optional (d,) skip. z: optional (batch, d, L) gate. delta_bias: optional (d,).
+        delta_softplus: apply softplus to delta + delta_bias.
+        return_last_state: also return the final state (batch, d, N) in fp32.
+        backend: "auto", "reference", "torch" or "cpu".
+
+    Computes in fp32: h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t; y_t = <h_t, C_t>;
+    out = (y + D u) * silu(z), cast back to u's dtype.
+    """
+    shape = check_scan_args(u, delta, A, B, C, D, z, delta_bias)
+    name = resolve_backend(backend, u.device)
+    if name == "reference":
+        from .scan_reference import selective_scan_reference as fn
+    elif name == "torch":
+        from .scan_torch import selective_scan_torch as fn
+    else:
+        from .scan_cpu import selective_scan_cpu as fn
+    del shape
+    return fn(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
+              return_last_state=return_last_state)
