@@ -1,0 +1,186 @@
+"""The Mamba (v1) mixer with mamba_ssm's parameter names, shapes and initialisation.
+
+A state dict saved from mamba_ssm's ``Mamba`` loads into this class with ``strict=True`` (and back).
+Data flow for x (batch, L, d_model)::
+
+    in_proj -> x, z (d_inner each)
+    x -> causal depthwise conv + SiLU -> x_proj -> dt (dt_rank), B, C (d_state each)
+    dt -> dt_proj (its bias is added inside the scan, with softplus)
+    y = selective_scan(x, dt, A, B, C, D, z)
+    out_proj(y) -> (batch, L, d_model)
+
+Recurrent decoding keeps two caches per layer: conv_state (batch, d_inner, d_conv), the last d_conv
+inputs of the convolution, and ssm_state (batch, d_inner, d_state) in fp32.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..ops import causal_conv1d, causal_conv1d_update, selective_scan, selective_state_update
+
+
+def init_dt_bias(size: int, dt_min: float, dt_max: float, dt_init_floor: float, device=None,
+                 dtype=None) -> torch.Tensor:
+    """A dt bias whose softplus is log-uniform in [dt_min, dt_max], floored at dt_init_floor: (size,)."""
+    log_min, log_max = math.log(dt_min), math.log(dt_max)
+    dt = torch.exp(torch.rand(size, device=device, dtype=dtype) * (log_max - log_min) + log_min)
+    dt = dt.clamp(min=dt_init_floor)
+    return dt + torch.log(-torch.expm1(-dt))  # the inverse of softplus
+
+
+def last_window(x: torch.Tensor, width: int) -> torch.Tensor:
+    """The last ``width`` positions of x (..., L), left-padded with zeros when L < width: (..., width)."""
+    if x.shape[-1] >= width:
+        return x[..., x.shape[-1] - width:]
+    return F.pad(x, (width - x.shape[-1], 0))
+
+
+def check_cache(conv_state: torch.Tensor, ssm_state: torch.Tensor, conv_shape: tuple[int, ...],
+                ssm_shape: tuple[int, ...]) -> None:
+    """Raise ValueError unless the caches have the expected shapes."""
+    for name, t, shape in (("conv_state", conv_state, conv_shape), ("ssm_state", ssm_state, ssm_shape)):
+        if not isinstance(t, torch.Tensor) or tuple(t.shape) != shape:
+            got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"{name} must have shape {shape} (see allocate_inference_cache), got {got}")
+
+
+def check_input(x: torch.Tensor, d_model: int) -> None:
+    """Raise ValueError unless x is (batch, L, d_model) with L >= 1."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[-1] != d_model or x.shape[1] < 1:
+        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"x must have shape (batch, L, d_model) = (batch, L >= 1, {d_model}), got {got}")
+
+
+class Mamba(nn.Module):
+    """Mamba (S6) mixer: (batch, L, d_model) -> (batch, L, d_model).
+
+    Args:
+        d_model: model width. d_state: SSM state size N. d_conv: convolution width. expand: d_inner / d_model.
+        dt_rank: rank of the dt projection; "auto" means ceil(d_model / 16).
+        dt_min, dt_max, dt_init_floor: softplus(dt_proj.bias) is drawn log-uniform in [dt_min, dt_max],
+            floored at dt_init_floor.
+        dt_init: "random" (uniform) or "constant" init of dt_proj.weight, at scale dt_scale / sqrt(dt_rank).
+        conv_bias: bias in conv1d. bias: biases in in_proj and out_proj.
+        scan_backend: selective_scan backend ("auto", "reference", "torch", "cpu").
+        layer_idx: this layer's index in a stack (kept for the caller's cache bookkeeping).
+    """
+
+    def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: float = 2,
+                 dt_rank: int | str = "auto", dt_min: float = 0.001, dt_max: float = 0.1,
+                 dt_init: str = "random", dt_scale: float = 1.0, dt_init_floor: float = 1e-4,
+                 conv_bias: bool = True, bias: bool = False, scan_backend: str = "auto",
+                 layer_idx: int | None = None, device=None, dtype=None) -> None:
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self.d_model = d_model
+        self.d_state = d_state
+        self.d_conv = d_conv
+        self.expand = expand
+        self.d_inner = int(expand * d_model)
+        self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else dt_rank
+        self.scan_backend = scan_backend
+        self.layer_idx = layer_idx
+
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias, **factory)
+        self.conv1d = nn.Conv1d(self.d_inner, self.d_inner, d_conv, groups=self.d_inner, padding=d_conv - 1,
+                                bias=conv_bias, **factory)
+        self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False, **factory)
+        self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True, **factory)
+
+        dt_init_std = dt_scale / math.sqrt(self.dt_rank)
+        if dt_init == "constant":
+            nn.init.constant_(self.dt_proj.weight, dt_init_std)
+        elif dt_init == "random":
+            nn.init.uniform_(self.dt_proj.weight, -dt_init_std, dt_init_std)
+        else:
+            raise ValueError(f"dt_init must be 'random' or 'constant', got {dt_init!r}")
+        with torch.no_grad():
+            self.dt_proj.bias.copy_(init_dt_bias(self.d_inner, dt_min, dt_max, dt_init_floor, **factory))
+        self.dt_proj.bias._no_reinit = True  # a model-wide init that zeroes Linear biases must skip this one
+
+        # S4D-real initialisation, kept in fp32: A[c, n] = -(n + 1).
+        A = torch.arange(1, d_state + 1, dtype=torch.float32, device=device).repeat(self.d_inner, 1)
+        self.A_log = nn.Parameter(torch.log(A))
+        self.A_log._no_weight_decay = True
+        self.D = nn.Parameter(torch.ones(self.d_inner, device=device))  # fp32
+        self.D._no_weight_decay = True
+
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory)
+
+    def forward(self, x: torch.Tensor,
+                cache: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """Run the mixer over a whole sequence.
+
+        Args:
+            x: (batch, L, d_model).
+            cache: optional (conv_state, ssm_state) from :meth:`allocate_inference_cache`. They are
+                overwritten with the states after the last token (the scan starts from zero), so that
+                :meth:`step` continues the sequence.
+
+        Returns:
+            (batch, L, d_model).
+        """
+        check_input(x, self.d_model)
+        xz = self.in_proj(x).transpose(1, 2)  # (batch, 2 * d_inner, L)
+        x_in, z = xz.chunk(2, dim=1)
+        if cache is not None:
+            conv_state, ssm_state = cache
+            self._check_cache(conv_state, ssm_state, x.shape[0])
+            conv_state.copy_(last_window(x_in, self.d_conv))
+        u = causal_conv1d(x_in, self.conv1d.weight.squeeze(1), self.conv1d.bias, activation="silu")
+
+        x_dbl = self.x_proj(u.transpose(1, 2))  # (batch, L, dt_rank + 2 * d_state)
+        dt, B, C = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = (dt @ self.dt_proj.weight.t()).transpose(1, 2)  # (batch, d_inner, L); bias added in the scan
+        A = -torch.exp(self.A_log.float())
+        y = selective_scan(u, dt, A, B.transpose(1, 2), C.transpose(1, 2), self.D.float(), z=z,
+                           delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
+                           return_last_state=cache is not None, backend=self.scan_backend)
+        if cache is not None:
+            y, last_state = y
+            ssm_state.copy_(last_state)
+        return self.out_proj(y.transpose(1, 2))
+
+    def step(self, x: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor) -> torch.Tensor:
+        """Decode one token, updating both caches in place.
+
+        Args:
+            x: (batch, 1, d_model).
+            conv_state: (batch, d_inner, d_conv). ssm_state: (batch, d_inner, d_state).
+
+        Returns:
+            (batch, 1, d_model).
+        """
+        check_input(x, self.d_model)
+        if x.shape[1] != 1:
+            raise ValueError(f"step decodes one token at a time: x must be (batch, 1, {self.d_model}), "
+                             f"got {tuple(x.shape)}")
+        self._check_cache(conv_state, ssm_state, x.shape[0])
+        x_in, z = self.in_proj(x.squeeze(1)).chunk(2, dim=-1)  # (batch, d_inner) each
+        u = causal_conv1d_update(x_in, conv_state, self.conv1d.weight.squeeze(1), self.conv1d.bias,
+                                 activation="silu")
+        dt, B, C = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = dt @ self.dt_proj.weight.t()  # (batch, d_inner)
+        A = -torch.exp(self.A_log.float())
+        y = selective_state_update(ssm_state, u, dt, A, B, C, self.D, z=z, dt_bias=self.dt_proj.bias,
+                                   dt_softplus=True)
+        return self.out_proj(y).unsqueeze(1)
+
+    def _check_cache(self, conv_state: torch.Tensor, ssm_state: torch.Tensor, batch: int) -> None:
+        check_cache(conv_state, ssm_state, (batch, self.d_inner, self.d_conv),
+                    (batch, self.d_inner, self.d_state))
+
+    def allocate_inference_cache(self, batch_size: int,
+                                 dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Zeroed caches: conv_state (batch, d_inner, d_conv) in ``dtype`` (default: the conv weight's)
+        and ssm_state (batch, d_inner, d_state) in fp32."""
+        device = self.conv1d.weight.device
+        conv_dtype = self.conv1d.weight.dtype if dtype is None else dtype
+        conv_state = torch.zeros(batch_size, self.d_inner, self.d_conv, device=device, dtype=conv_dtype)
+        ssm_state = torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=torch.float32)
+        return conv_state, ssm_state

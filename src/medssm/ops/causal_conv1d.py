@@ -1,0 +1,96 @@
+"""Causal depthwise 1-D convolution, with the semantics of the ``causal_conv1d`` package.
+
+Each channel is convolved with its own filter of ``width`` taps, looking only at the current and past
+``width - 1`` positions (zero padding on the left), optionally followed by SiLU. ``causal_conv1d`` runs
+over a whole sequence; ``causal_conv1d_update`` is one decoding step that keeps the last inputs in a
+rolling ``conv_state`` buffer, so both give the same outputs token by token.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+ACTIVATIONS = (None, "silu", "swish")
+
+
+def _check_activation(activation: str | None) -> None:
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be None, 'silu' or 'swish', got {activation!r}")
+
+
+def _check_weight_bias(weight: torch.Tensor, bias: torch.Tensor | None, dim: int) -> int:
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or weight.shape[0] != dim:
+        got = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
+        raise ValueError(f"weight must have shape (dim, width) = ({dim}, width), got {got}")
+    width = weight.shape[1]
+    if width < 1:
+        raise ValueError(f"weight must have at least one tap (width >= 1), got shape {tuple(weight.shape)}")
+    if bias is not None and (not isinstance(bias, torch.Tensor) or tuple(bias.shape) != (dim,)):
+        got = tuple(bias.shape) if isinstance(bias, torch.Tensor) else type(bias).__name__
+        raise ValueError(f"bias must have shape (dim,) = ({dim},), got {got}")
+    return width
+
+
+def _activate(out: torch.Tensor, activation: str | None) -> torch.Tensor:
+    return out if activation is None else F.silu(out)
+
+
+def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                  activation: str | None = None) -> torch.Tensor:
+    """Causal depthwise convolution over the last axis.
+
+    Args:
+        x: (batch, dim, L) input.
+        weight: (dim, width) one filter per channel; tap ``width - 1`` multiplies the current position.
+        bias: optional (dim,).
+        activation: None, "silu" or "swish" (the same thing).
+
+    Returns:
+        (batch, dim, L) in x's dtype:
+        out[:, c, t] = act(bias[c] + sum_k weight[c, k] * x[:, c, t - width + 1 + k]),
+        x being zero before t = 0.
+    """
+    _check_activation(activation)
+    if not isinstance(x, torch.Tensor) or x.dim() != 3:
+        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"x must have shape (batch, dim, L), got {got}")
+    dim = x.shape[1]
+    width = _check_weight_bias(weight, bias, dim)
+    out = F.conv1d(F.pad(x.to(weight.dtype), (width - 1, 0)), weight.unsqueeze(1), bias, groups=dim)
+    return _activate(out, activation).to(x.dtype)
+
+
+def causal_conv1d_update(x: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor,
+                         bias: torch.Tensor | None = None, activation: str | None = None) -> torch.Tensor:
+    """One decoding step of :func:`causal_conv1d`, updating ``conv_state`` in place.
+
+    Args:
+        x: (batch, dim) the new input (or (batch, dim, L) for L new inputs at once).
+        conv_state: (batch, dim, state_len) with state_len >= width - 1: the most recent inputs, oldest
+            first. It is shifted left by the new inputs in place.
+        weight: (dim, width). bias: optional (dim,). activation: None, "silu" or "swish".
+
+    Returns:
+        (batch, dim) (or (batch, dim, L)) in x's dtype.
+    """
+    _check_activation(activation)
+    if not isinstance(x, torch.Tensor) or x.dim() not in (2, 3):
+        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"x must have shape (batch, dim) or (batch, dim, L), got {got}")
+    batch, dim = x.shape[:2]
+    width = _check_weight_bias(weight, bias, dim)
+    if (not isinstance(conv_state, torch.Tensor) or conv_state.dim() != 3
+            or tuple(conv_state.shape[:2]) != (batch, dim) or conv_state.shape[2] < width - 1):
+        got = tuple(conv_state.shape) if isinstance(conv_state, torch.Tensor) else type(conv_state).__name__
+        raise ValueError(f"conv_state must have shape (batch, dim, state_len) = ({batch}, {dim}, state_len) "
+                         f"with state_len >= width - 1 = {width - 1}, got {got}")
+    squeeze = x.dim() == 2
+    x_new = x.unsqueeze(-1) if squeeze else x
+    seqlen, state_len = x_new.shape[-1], conv_state.shape[-1]
+    window = torch.cat([conv_state.to(weight.dtype), x_new.to(weight.dtype)], dim=-1)
+    conv_state.copy_(window[..., window.shape[-1] - state_len:])
+    window = window[..., window.shape[-1] - (seqlen + width - 1):]  # the inputs the new outputs see
+    out = F.conv1d(window, weight.unsqueeze(1), bias, groups=dim)
+    out = _activate(out, activation).to(x.dtype)
+    return out.squeeze(-1) if squeeze else out

@@ -1,0 +1,95 @@
+"""One recurrent step of the selective SSM, for decoding token by token (mamba_ssm's selective_state_update).
+
+Given the state h (per channel and state index) and one new token, it computes
+
+    dt  = softplus(dt + dt_bias)            (each part optional)
+    h   = exp(dt * A) * h + dt * B * x      (zero-order hold on A, Euler on B, as in the scan)
+    out = (<h, C> + D * x) * silu(z)        (D and z optional)
+
+updating ``state`` in place. Two layouts are accepted, as in mamba_ssm: without heads (Mamba-1:
+channels ``dim``) or with heads (Mamba-2: ``nheads`` heads of ``dim`` channels each, where B and C
+come in ``ngroups`` groups, head h using group h // (nheads // ngroups)).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _check(t: torch.Tensor | None, name: str, shape: tuple[int, ...], text: str) -> None:
+    if t is None:
+        return
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{name} must be a tensor of shape {text} = {shape}, got {type(t).__name__}")
+    if tuple(t.shape) != shape:
+        raise ValueError(f"{name} must have shape {text} = {shape}, got {tuple(t.shape)}")
+    if not t.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+
+
+def selective_state_update(state: torch.Tensor, x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor,
+                           B: torch.Tensor, C: torch.Tensor, D: torch.Tensor | None = None,
+                           z: torch.Tensor | None = None, dt_bias: torch.Tensor | None = None,
+                           dt_softplus: bool = False) -> torch.Tensor:
+    """Advance the SSM state by one token (in place) and return that token's output.
+
+    Shapes without heads / with heads:
+        state: (batch, dim, dstate) / (batch, nheads, dim, dstate), any float dtype, updated in place.
+        x, dt, z: (batch, dim) / (batch, nheads, dim).
+        A: (dim, dstate) / (nheads, dim, dstate).
+        B, C: (batch, dstate) / (batch, ngroups, dstate), ngroups dividing nheads.
+        D, dt_bias: (dim,) / (nheads, dim).
+
+    Computes in fp32 and returns out, shaped like x, in x's dtype.
+    """
+    if not isinstance(state, torch.Tensor) or state.dim() not in (3, 4):
+        got = tuple(state.shape) if isinstance(state, torch.Tensor) else type(state).__name__
+        raise ValueError(f"state must have shape (batch, dim, dstate) or (batch, nheads, dim, dstate), "
+                         f"got {got}")
+    has_heads = state.dim() == 4
+    if has_heads:
+        batch, nheads, dim, dstate = state.shape
+        lead, per, txt = (batch, nheads, dim), (nheads, dim), ("(batch, nheads, dim)", "(nheads, dim)")
+        if not isinstance(B, torch.Tensor) or B.dim() != 3 or B.shape[0] != batch or B.shape[2] != dstate:
+            got = tuple(B.shape) if isinstance(B, torch.Tensor) else type(B).__name__
+            raise ValueError(f"B must have shape (batch, ngroups, dstate) = ({batch}, ngroups, {dstate}), "
+                             f"got {got}")
+        ngroups = B.shape[1]
+        if ngroups < 1 or nheads % ngroups != 0:
+            raise ValueError(f"B has ngroups={ngroups}, which must divide nheads={nheads}")
+        bc_shape, bc_txt = (batch, ngroups, dstate), "(batch, ngroups, dstate)"
+        a_shape, a_txt = (nheads, dim, dstate), "(nheads, dim, dstate)"
+    else:
+        batch, dim, dstate = state.shape
+        lead, per, txt = (batch, dim), (dim,), ("(batch, dim)", "(dim,)")
+        bc_shape, bc_txt = (batch, dstate), "(batch, dstate)"
+        a_shape, a_txt = (dim, dstate), "(dim, dstate)"
+    _check(x, "x", lead, txt[0])
+    _check(dt, "dt", lead, txt[0])
+    _check(A, "A", a_shape, a_txt)
+    _check(B, "B", bc_shape, bc_txt)
+    _check(C, "C", bc_shape, bc_txt)
+    _check(D, "D", per, txt[1])
+    _check(z, "z", lead, txt[0])
+    _check(dt_bias, "dt_bias", per, txt[1])
+
+    dt = dt.float()
+    if dt_bias is not None:
+        dt = dt + dt_bias.float()
+    if dt_softplus:
+        dt = F.softplus(dt)
+    Bf, Cf = B.float(), C.float()
+    if has_heads:  # give every head its group's B and C: (batch, nheads, dstate)
+        Bf = Bf.repeat_interleave(nheads // ngroups, dim=1)
+        Cf = Cf.repeat_interleave(nheads // ngroups, dim=1)
+    xf = x.float()
+    h = state.float()
+    h = torch.exp(dt.unsqueeze(-1) * A.float()) * h + (dt * xf).unsqueeze(-1) * Bf.unsqueeze(-2)
+    state.copy_(h)
+    out = (h * Cf.unsqueeze(-2)).sum(-1)
+    if D is not None:
+        out = out + xf * D.float()
+    if z is not None:
+        out = out * F.silu(z.float())
+    return out.to(x.dtype)
