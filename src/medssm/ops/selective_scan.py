@@ -71,7 +71,7 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     Computes in fp32: h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t; y_t = <h_t, C_t>;
     out = (y + D u) * silu(z), cast back to u's dtype.
     """
-    shape = check_scan_args(u, delta, A, B, C, D, z, delta_bias)
+    check_scan_args(u, delta, A, B, C, D, z, delta_bias)
     name = resolve_backend(backend, u.device)
     if name == "reference":
         from .scan_reference import selective_scan_reference as fn
@@ -79,6 +79,5 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
         from .scan_torch import selective_scan_torch as fn
     else:
         from .scan_cpu import selective_scan_cpu as fn
-    del shape
     return fn(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
               return_last_state=return_last_state)

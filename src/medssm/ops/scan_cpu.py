@@ -1,0 +1,508 @@
+"""The "cpu" selective-scan backend: fused multithreaded numba kernels for forward and backward.
+
+Why it is laid out this way (see DESIGN.md, "Prior art for the scan"):
+
+- The scan is bound by its batch*d*L*N exponentials. numba has no vector math library, so ``_exp`` is a
+  polynomial exp (Cody-Waite range reduction, degree-6 Taylor, exponent built by a bit cast) that LLVM
+  vectorises; relative error ~2e-7.
+- SIMD lanes run across channels, not across the N states: a block of ``LANES`` channels of one batch
+  element shares B_t and C_t (selective and grouped modes), so B/C are scalar broadcasts and every lane
+  does the same work. Inputs are transposed per chunk of ``CHUNK`` time steps into (time, lane) buffers so
+  that each thread's working set stays in L1/L2.
+- Jobs (batch element, channel block) are split over Python threads running nogil kernels. Lanes past
+  the end of a block are padded with zeros (exp(0 * A) = 1 and zero input keep their state at zero).
+- Forward keeps only the state at each chunk start when gradients are needed (batch, d, L/CHUNK, N); the
+  backward recomputes each chunk's states and decays from there, then runs the adjoint recurrence
+  lambda_t = gy_t C_t + a_{t+1} lambda_{t+1} backwards through the chunk. Nothing of size
+  (batch, d, L, N) is ever stored.
+- Gradients of parameters shared across jobs (A, D, B, C) go to per-thread partial buffers summed after.
+
+delta's bias and softplus are fused into the kernels (a vectorisable softplus), so the forward allocates
+nothing of size (batch, d, L) besides its output. Inputs in other dtypes are converted to fp32 first.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+from ._numba_env import numba
+
+# Channels per block. The lane loops take the width as a run-time argument on purpose: with a constant
+# trip count LLVM unrolls them fully and then cannot vectorise them (the SLP vectoriser has no run-time
+# alias checks); as ordinary loops the loop vectoriser handles them. 32 lanes fill its vector body
+# (measured: the adjoint loop at 16 lanes ran 2.1x slower per channel than at 32).
+LANES = 32
+CHUNK = 64  # time steps per chunk: the state checkpoint interval and the transpose buffer length
+
+_LOG2E = np.float32(1.4426950408889634)
+_LN2_HI = np.float32(0.693145751953125)  # ln 2 split so that k * _LN2_HI is exact for |k| < 2**11
+_LN2_LO = np.float32(1.428606765330187e-06)
+_EXP_LO = np.float32(-87.0)  # exp(-87) ~ 1.6e-38: still a normal float, below any state's resolution
+_EXP_HI = np.float32(88.0)
+_ONE = np.float32(1.0)
+_HALF = np.float32(0.5)
+_ZERO = np.float32(0.0)
+_P2 = np.float32(1.0 / 2.0)
+_P3 = np.float32(1.0 / 6.0)
+_P4 = np.float32(1.0 / 24.0)
+_P5 = np.float32(1.0 / 120.0)
+_P6 = np.float32(1.0 / 720.0)
+_I127 = np.int32(127)
+_TWO = np.float32(2.0)
+_L3, _L5, _L7, _L9 = np.float32(1 / 3), np.float32(1 / 5), np.float32(1 / 7), np.float32(1 / 9)
+_L11, _L13, _L15 = np.float32(1 / 11), np.float32(1 / 13), np.float32(1 / 15)
+
+# error_model="numpy": no ZeroDivisionError branch per division, which would block vectorisation
+_jit = numba.njit(cache=True, fastmath=True, inline="always", error_model="numpy")
+_kernel = numba.njit(cache=True, fastmath=True, nogil=True, error_model="numpy")
+
+
+@numba.extending.intrinsic
+def _int_bits_as_float(typingctx, bits):
+    """Reinterpret an int32's bits as a float32 (free; lets LLVM build 2**k in vector registers)."""
+    from llvmlite import ir
+
+    sig = numba.types.float32(numba.types.int32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return sig, codegen
+
+
+@_jit
+def _exp(x):
+    """exp of a float32, vectorisable: clamp, k = round(x / ln 2), exp(r) by Taylor, scale by 2**k."""
+    x = min(max(x, _EXP_LO), _EXP_HI)
+    kf = np.floor(x * _LOG2E + _HALF)
+    r = (x - kf * _LN2_HI) - kf * _LN2_LO
+    p = _P6
+    p = p * r + _P5
+    p = p * r + _P4
+    p = p * r + _P3
+    p = p * r + _P2
+    p = p * r + _ONE
+    p = p * r + _ONE
+    return p * _int_bits_as_float((np.int32(kf) + _I127) << np.int32(23))
+
+
+@_jit
+def _sigmoid(x):
+    return _ONE / (_ONE + _exp(-x))
+
+
+@_jit
+def _softplus(x):
+    """log(1 + e^x) = max(x, 0) + log1p(e^-|x|), with log1p(e) = 2 atanh(e / (2 + e)) as an odd series in
+    s = e / (2 + e) <= 1/3 (eight terms: error < 1e-9). Vectorisable, unlike a call to log1p."""
+    e = _exp(-abs(x))
+    s = e / (_TWO + e)
+    s2 = s * s
+    p = _L15
+    p = p * s2 + _L13
+    p = p * s2 + _L11
+    p = p * s2 + _L9
+    p = p * s2 + _L7
+    p = p * s2 + _L5
+    p = p * s2 + _L3
+    p = p * s2 + _ONE
+    return max(x, _ZERO) + _TWO * s * p
+
+
+@_jit
+def _load_lanes(src, bi, c0, nl, t0, tn, dst):
+    """dst[j, lane] = src[bi, c0 + lane, t0 + j] for lane < nl (other lanes untouched: they stay zero)."""
+    for lane in range(nl):
+        for j in range(tn):
+            dst[j, lane] = src[bi, c0 + lane, t0 + j]
+
+
+@_jit
+def _store_lanes(src, dst, bi, c0, nl, t0, tn):
+    for lane in range(nl):
+        for j in range(tn):
+            dst[bi, c0 + lane, t0 + j] = src[j, lane]
+
+
+@_jit
+def _block_params(A, Bfix, Cfix, D, bias, c0, nl, lanes):
+    """Per-block parameters as (N, lanes): A, fixed B and C (ones when selective); (lanes,): D, bias."""
+    d_state = A.shape[1]
+    a_blk = np.zeros((d_state, lanes), np.float32)
+    b_blk = np.ones((d_state, lanes), np.float32)
+    c_blk = np.ones((d_state, lanes), np.float32)
+    d_blk = np.zeros(lanes, np.float32)
+    bias_blk = np.zeros(lanes, np.float32)
+    for lane in range(nl):
+        d_blk[lane] = D[c0 + lane]
+        bias_blk[lane] = bias[c0 + lane]
+        for n in range(d_state):
+            a_blk[n, lane] = A[c0 + lane, n]
+            if Bfix.shape[0] > 0:
+                b_blk[n, lane] = Bfix[c0 + lane, n]
+            if Cfix.shape[0] > 0:
+                c_blk[n, lane] = Cfix[c0 + lane, n]
+    return a_blk, b_blk, c_blk, d_blk, bias_blk
+
+
+@_jit
+def _load_chunk(u, delta, softplus, bias_blk, d_blk, bi, c0, nl, t0, tn, lanes, ub, dlb, dub, yb, sgb):
+    """Transpose one chunk of u and delta into (time, lane) buffers and prepare per-step terms:
+    dlb = softplus(delta + bias) (or delta + bias), sgb = its derivative (only if sgb has rows),
+    dub = dlb * u, and yb = D * u (the skip term the scan adds to)."""
+    _load_lanes(u, bi, c0, nl, t0, tn, ub)
+    _load_lanes(delta, bi, c0, nl, t0, tn, dlb)
+    want_sig = sgb.shape[0] > 0
+    for j in range(tn):
+        for lane in range(lanes):
+            x = dlb[j, lane] + bias_blk[lane]
+            if softplus:
+                if want_sig:
+                    sgb[j, lane] = _sigmoid(x)
+                x = _softplus(x)
+            dlb[j, lane] = x
+            dub[j, lane] = x * ub[j, lane]
+            yb[j, lane] = d_blk[lane] * ub[j, lane]
+
+
+@_kernel
+def _scan_fwd(job_lo, job_hi, u, delta, bias, softplus, A, Bsel, Bfix, Csel, Cfix, D, z, job_b, job_c,
+              job_n, chan_per_gb, chan_per_gc, lanes, out, last_state, ckpt, save_ckpt):
+    """Forward scan for jobs [job_lo, job_hi). u, delta, z, out: (b, d, L); Bsel/Csel: (b, G, L, N), empty
+    when fixed; Bfix/Cfix: (d, N), empty when selective; last_state: (b, d, N); ckpt: (b, d, chunks, N)."""
+    seqlen = u.shape[2]
+    d_state = A.shape[1]
+    has_bsel = Bsel.shape[0] > 0
+    has_csel = Csel.shape[0] > 0
+    has_z = z.shape[0] > 0
+    n_chunks = (seqlen + CHUNK - 1) // CHUNK
+    no_sig = np.zeros((0, lanes), np.float32)
+    # buffers are allocated once per call and cleared per job: allocating them per job made threads
+    # contend on page faults
+    h = np.empty((d_state, lanes), np.float32)
+    dlb = np.empty((CHUNK, lanes), np.float32)
+    ub = np.empty((CHUNK, lanes), np.float32)
+    zb = np.empty((CHUNK, lanes), np.float32)
+    yb = np.empty((CHUNK, lanes), np.float32)
+    dub = np.empty((CHUNK, lanes), np.float32)
+    for job in range(job_lo, job_hi):
+        bi, c0, nl = job_b[job], job_c[job], job_n[job]
+        gb = c0 // chan_per_gb
+        gc = c0 // chan_per_gc
+        a_blk, b_blk, c_blk, d_blk, bias_blk = _block_params(A, Bfix, Cfix, D, bias, c0, nl, lanes)
+        for buf in (h, dlb, ub, zb):  # lanes >= nl must hold zeros
+            buf[:] = _ZERO
+        for k in range(n_chunks):
+            t0 = k * CHUNK
+            tn = min(CHUNK, seqlen - t0)
+            if save_ckpt:
+                for lane in range(nl):
+                    for n in range(d_state):
+                        ckpt[bi, c0 + lane, k, n] = h[n, lane]
+            _load_chunk(u, delta, softplus, bias_blk, d_blk, bi, c0, nl, t0, tn, lanes, ub, dlb, dub, yb,
+                        no_sig)
+            # the recurrence; only the running state is kept
+            for j in range(tn):
+                t = t0 + j
+                for n in range(d_state):
+                    bs = Bsel[bi, gb, t, n] if has_bsel else _ONE
+                    cs = Csel[bi, gc, t, n] if has_csel else _ONE
+                    for lane in range(lanes):
+                        e = _exp(dlb[j, lane] * a_blk[n, lane])
+                        hv = e * h[n, lane] + dub[j, lane] * (bs * b_blk[n, lane])
+                        h[n, lane] = hv
+                        yb[j, lane] += hv * (cs * c_blk[n, lane])
+            if has_z:
+                _load_lanes(z, bi, c0, nl, t0, tn, zb)
+                for j in range(tn):
+                    for lane in range(lanes):
+                        zv = zb[j, lane]
+                        yb[j, lane] *= zv * _sigmoid(zv)
+            _store_lanes(yb, out, bi, c0, nl, t0, tn)
+        for lane in range(nl):
+            for n in range(d_state):
+                last_state[bi, c0 + lane, n] = h[n, lane]
+
+
+@_kernel
+def _scan_bwd(job_lo, job_hi, tid, u, delta, bias, softplus, A, Bsel, Bfix, Csel, Cfix, D, z, gout, ckpt,
+              job_b, job_c, job_n, chan_per_gb, chan_per_gc, lanes, du_out, ddelta_out, dz_out, dA_part,
+              dD_part, dbias_part, dBsel_part, dBfix_part, dCsel_part, dCfix_part):
+    """Backward scan for jobs [job_lo, job_hi) on worker ``tid``: gradients w.r.t. u, delta and z, and
+    worker ``tid``'s partial sums for A (workers, d, N), D and delta_bias (workers, d), and B and C
+    (workers, b, G, L, N) or (workers, d, N)."""
+    seqlen = u.shape[2]
+    d_state = A.shape[1]
+    has_bsel = Bsel.shape[0] > 0
+    has_csel = Csel.shape[0] > 0
+    has_z = z.shape[0] > 0
+    n_chunks = (seqlen + CHUNK - 1) // CHUNK
+    # one chunk of states h_{t0-1 .. t0+tn-1} (row 0: the checkpoint) and adjoints lambda_t (fixed B/C only);
+    # allocated once per call (per job, threads contended on page faults), cleared per job where needed
+    hs = np.empty((CHUNK + 1, d_state, lanes), np.float32)
+    lams = np.empty((CHUNK, d_state, lanes), np.float32)
+    mu = np.empty((d_state, lanes), np.float32)  # a_{t+1} * lambda_{t+1}, carried backwards
+    dA_acc = np.empty((d_state, lanes), np.float32)
+    dBf_acc = np.empty((d_state, lanes), np.float32)
+    dCf_acc = np.empty((d_state, lanes), np.float32)
+    dD_acc = np.empty(lanes, np.float32)
+    dbias_acc = np.empty(lanes, np.float32)
+    dlb = np.empty((CHUNK, lanes), np.float32)
+    sgb = np.empty((CHUNK if softplus else 0, lanes), np.float32)
+    ub = np.empty((CHUNK, lanes), np.float32)
+    dub = np.empty((CHUNK, lanes), np.float32)
+    zb = np.empty((CHUNK, lanes), np.float32)
+    gyb = np.empty((CHUNK, lanes), np.float32)  # dL/dy before the gate
+    yb = np.empty((CHUNK, lanes), np.float32)
+    ddl = np.empty((CHUNK, lanes), np.float32)
+    sb = np.empty((CHUNK, lanes), np.float32)  # sum_n lambda * B, so that du = dl * sb + D * gy
+    for job in range(job_lo, job_hi):
+        bi, c0, nl = job_b[job], job_c[job], job_n[job]
+        gb = c0 // chan_per_gb
+        gc = c0 // chan_per_gc
+        a_blk, b_blk, c_blk, d_blk, bias_blk = _block_params(A, Bfix, Cfix, D, bias, c0, nl, lanes)
+        hs[0] = _ZERO  # lanes >= nl must hold zeros
+        for buf in (mu, dA_acc, dBf_acc, dCf_acc, dlb, ub, zb, gyb):
+            buf[:] = _ZERO
+        dD_acc[:] = _ZERO
+        dbias_acc[:] = _ZERO
+        for kk in range(n_chunks):
+            k = n_chunks - 1 - kk
+            t0 = k * CHUNK
+            tn = min(CHUNK, seqlen - t0)
+            for lane in range(nl):
+                for n in range(d_state):
+                    hs[0, n, lane] = ckpt[bi, c0 + lane, k, n]
+            _load_chunk(u, delta, softplus, bias_blk, d_blk, bi, c0, nl, t0, tn, lanes, ub, dlb, dub, yb, sgb)
+            _load_lanes(gout, bi, c0, nl, t0, tn, gyb)
+            # recompute this chunk's states (and y, which the gate's gradient needs)
+            for j in range(tn):
+                t = t0 + j
+                for n in range(d_state):
+                    bs = Bsel[bi, gb, t, n] if has_bsel else _ONE
+                    cs = Csel[bi, gc, t, n] if has_csel else _ONE
+                    for lane in range(lanes):
+                        hv = _exp(dlb[j, lane] * a_blk[n, lane]) * hs[j, n, lane] + dub[j, lane] * (bs * b_blk[n, lane])
+                        hs[j + 1, n, lane] = hv
+                        if has_z:
+                            yb[j, lane] += hv * (cs * c_blk[n, lane])
+            if has_z:
+                _load_lanes(z, bi, c0, nl, t0, tn, zb)
+                for j in range(tn):
+                    for lane in range(lanes):
+                        zv = zb[j, lane]
+                        sg = _sigmoid(zv)
+                        g = gyb[j, lane]
+                        zb[j, lane] = g * yb[j, lane] * sg * (_ONE + zv * (_ONE - sg))  # now dL/dz
+                        gyb[j, lane] = g * zv * sg
+                _store_lanes(zb, dz_out, bi, c0, nl, t0, tn)
+            for j in range(tn):
+                for lane in range(lanes):
+                    dD_acc[lane] += gyb[j, lane] * ub[j, lane]
+                    ddl[j, lane] = _ZERO
+                    sb[j, lane] = _ZERO
+            # adjoint recurrence backwards through the chunk, lambda_t = gy_t C_t + a_{t+1} lambda_{t+1}, and
+            # every gradient that needs lambda_t, h_t, h_{t-1} or a_t, in one pass (ah = a_t * h_{t-1}).
+            # Recomputing a_t here is cheaper than storing it (the polynomial exp is a few vector ops).
+            keep_lams = not (has_bsel and has_csel)
+            for jj in range(tn):
+                j = tn - 1 - jj
+                t = t0 + j
+                for n in range(d_state):
+                    bs = Bsel[bi, gb, t, n] if has_bsel else _ONE
+                    cs = Csel[bi, gc, t, n] if has_csel else _ONE
+                    acc_b = _ZERO
+                    acc_c = _ZERO
+                    for lane in range(lanes):
+                        gy = gyb[j, lane]
+                        dl = dlb[j, lane]
+                        e = _exp(dl * a_blk[n, lane])
+                        lam = gy * (cs * c_blk[n, lane]) + mu[n, lane]
+                        mu[n, lane] = e * lam
+                        if keep_lams:
+                            lams[j, n, lane] = lam
+                        lam_bv = lam * (bs * b_blk[n, lane])
+                        lam_ah = lam * e * hs[j, n, lane]
+                        ddl[j, lane] += lam_bv * ub[j, lane] + lam_ah * a_blk[n, lane]
+                        sb[j, lane] += lam_bv
+                        dA_acc[n, lane] += lam_ah * dl
+                        acc_b += lam * dub[j, lane]
+                        acc_c += gy * hs[j + 1, n, lane]
+                    if has_bsel:
+                        dBsel_part[tid, bi, gb, t, n] += acc_b
+                    if has_csel:
+                        dCsel_part[tid, bi, gc, t, n] += acc_c
+            if not has_bsel or not has_csel:
+                for j in range(tn):
+                    t = t0 + j
+                    for n in range(d_state):
+                        bs = Bsel[bi, gb, t, n] if has_bsel else _ONE
+                        cs = Csel[bi, gc, t, n] if has_csel else _ONE
+                        for lane in range(lanes):
+                            dBf_acc[n, lane] += lams[j, n, lane] * dub[j, lane] * bs
+                            dCf_acc[n, lane] += gyb[j, lane] * hs[j + 1, n, lane] * cs
+            for j in range(tn):
+                for lane in range(lanes):
+                    sb[j, lane] = sb[j, lane] * dlb[j, lane] + d_blk[lane] * gyb[j, lane]  # now dL/du
+                    if softplus:
+                        ddl[j, lane] *= sgb[j, lane]  # through softplus: now dL/d(delta + bias)
+                    dbias_acc[lane] += ddl[j, lane]
+            _store_lanes(sb, du_out, bi, c0, nl, t0, tn)
+            _store_lanes(ddl, ddelta_out, bi, c0, nl, t0, tn)
+        for lane in range(nl):
+            dD_part[tid, c0 + lane] += dD_acc[lane]
+            dbias_part[tid, c0 + lane] += dbias_acc[lane]
+            for n in range(d_state):
+                dA_part[tid, c0 + lane, n] += dA_acc[n, lane]
+                if not has_bsel:
+                    dBfix_part[tid, c0 + lane, n] += dBf_acc[n, lane]
+                if not has_csel:
+                    dCfix_part[tid, c0 + lane, n] += dCf_acc[n, lane]
+
+
+def _jobs(batch: int, dim: int, chan_per_group: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Split (batch, d) into blocks of at most LANES channels that never straddle a group boundary."""
+    starts, widths = [], []
+    for g0 in range(0, dim, chan_per_group):
+        for c0 in range(g0, g0 + chan_per_group, LANES):
+            starts.append(c0)
+            widths.append(min(LANES, g0 + chan_per_group - c0))
+    n_blocks = len(starts)
+    job_b = np.repeat(np.arange(batch, dtype=np.int64), n_blocks)
+    job_c = np.tile(np.asarray(starts, dtype=np.int64), batch)
+    job_n = np.tile(np.asarray(widths, dtype=np.int64), batch)
+    return job_b, job_c, job_n
+
+
+def _f32(t: torch.Tensor) -> np.ndarray:
+    """A float32 C-contiguous NumPy view (a copy only when the dtype or layout asks for one)."""
+    return t.detach().to(torch.float32).contiguous().numpy()
+
+
+def _bc_layout(t: torch.Tensor, dim: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """B or C as (selective (b, G, L, N), fixed (d, N), channels per group); the unused one is empty."""
+    if t.dim() == 2:
+        return np.zeros((0, 0, 0, 0), np.float32), _f32(t), dim
+    g = t.unsqueeze(1) if t.dim() == 3 else t
+    return _f32(g.transpose(-1, -2)), np.zeros((0, 0), np.float32), dim // g.shape[1]
+
+
+class _Plan:
+    """The kernels' inputs as float32 NumPy arrays (views of the torch tensors where possible)."""
+
+    def __init__(self, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+        batch, dim, seqlen = u.shape
+        self.shape = (batch, dim, seqlen, A.shape[1])
+        self.Bsel, self.Bfix, self.cpg_b = _bc_layout(B, dim)
+        self.Csel, self.Cfix, self.cpg_c = _bc_layout(C, dim)
+        zeros = np.zeros(dim, np.float32)
+        bias = zeros if delta_bias is None else _f32(delta_bias)
+        self.args = (_f32(u), _f32(delta), bias, bool(delta_softplus), _f32(A), self.Bsel, self.Bfix,
+                     self.Csel, self.Cfix, zeros if D is None else _f32(D),
+                     np.zeros((0, 0, 0), np.float32) if z is None else _f32(z))
+        self.has_z = z is not None
+        self.jobs = _jobs(batch, dim, math.gcd(self.cpg_b, self.cpg_c))
+        self.n_jobs = len(self.jobs[0])
+
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _workers(n_jobs: int) -> int:
+    return max(1, min(torch.get_num_threads(), n_jobs))
+
+
+def _run_jobs(kernel, n_jobs: int, *args, with_tid: bool = False) -> None:
+    """Run ``kernel(lo, hi, [worker,] *args)`` over contiguous job ranges on torch.get_num_threads() threads.
+
+    The kernels release the GIL (nogil), so plain Python threads run them in parallel. We use this rather
+    than numba's parallel=True: numba's OpenMP pool and PyTorch's spin-wait against each other on a
+    machine this size (measured: a tiny torch reduction right after a numba parallel region took 24 ms).
+    """
+    global _POOL
+    workers = _workers(n_jobs)
+    bounds = [n_jobs * i // workers for i in range(workers + 1)]
+    ranges = [(bounds[i], bounds[i + 1]) + ((i,) if with_tid else ()) for i in range(workers)]
+    if workers == 1:
+        kernel(*ranges[0], *args)
+        return
+    if _POOL is None or _POOL._max_workers < workers:
+        _POOL = ThreadPoolExecutor(max_workers=max(workers, os.cpu_count() or 1), thread_name_prefix="medssm")
+    for future in [_POOL.submit(kernel, *r, *args) for r in ranges]:
+        future.result()
+
+
+def scan_forward(plan: _Plan, save_ckpt: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Run the forward kernel: out (b, d, L) fp32, last state (b, d, N), chunk-start states or empty."""
+    batch, dim, seqlen, d_state = plan.shape
+    out = torch.empty(batch, dim, seqlen)
+    last = torch.empty(batch, dim, d_state)
+    n_chunks = -(-seqlen // CHUNK)
+    ckpt = torch.empty(batch, dim, n_chunks, d_state) if save_ckpt else torch.empty(0, 0, 0, 0)
+    _run_jobs(_scan_fwd, plan.n_jobs, *plan.args, *plan.jobs, plan.cpg_b, plan.cpg_c, LANES, out.numpy(),
+              last.numpy(), ckpt.numpy(), save_ckpt)
+    return out, last, ckpt
+
+
+def scan_backward(plan: _Plan, ckpt: torch.Tensor, gout: torch.Tensor) -> dict[str, torch.Tensor | None]:
+    """Run the backward kernel; returns fp32 gradients keyed by argument name (z: None when absent)."""
+    batch, dim, seqlen, d_state = plan.shape
+    workers = _workers(plan.n_jobs)
+    grads = {"u": torch.empty(batch, dim, seqlen), "delta": torch.empty(batch, dim, seqlen),
+             "z": torch.empty(batch, dim, seqlen) if plan.has_z else None}
+    parts = {"A": torch.zeros(workers, dim, d_state), "D": torch.zeros(workers, dim),
+             "delta_bias": torch.zeros(workers, dim)}
+    for name, sel, fix in (("B", plan.Bsel, plan.Bfix), ("C", plan.Csel, plan.Cfix)):
+        parts[name] = torch.zeros(workers, *sel.shape) if sel.size else torch.zeros(workers, *fix.shape)
+    empty5, empty3 = np.zeros((0,) * 5, np.float32), np.zeros((0,) * 3, np.float32)
+    b_sel, c_sel = bool(plan.Bsel.size), bool(plan.Csel.size)
+    _run_jobs(_scan_bwd, plan.n_jobs, *plan.args, _f32(gout), ckpt.numpy(), *plan.jobs, plan.cpg_b,
+              plan.cpg_c, LANES, grads["u"].numpy(), grads["delta"].numpy(),
+              empty3 if grads["z"] is None else grads["z"].numpy(),
+              parts["A"].numpy(), parts["D"].numpy(), parts["delta_bias"].numpy(),
+              parts["B"].numpy() if b_sel else empty5, empty3 if b_sel else parts["B"].numpy(),
+              parts["C"].numpy() if c_sel else empty5, empty3 if c_sel else parts["C"].numpy(),
+              with_tid=True)
+    for name, part in parts.items():
+        total = part.sum(0)
+        grads[name] = total.transpose(-1, -2) if total.dim() == 4 else total  # (b, G, L, N) -> (b, G, N, L)
+    return grads
+
+
+_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+
+
+class _SelectiveScanCPU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+        plan = _Plan(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+        out, last, ckpt = scan_forward(plan, save_ckpt=any(ctx.needs_input_grad))
+        ctx.plan, ctx.ckpt = plan, ckpt
+        inputs = (u, delta, A, B, C, D, z, delta_bias)
+        ctx.like = [(t.dtype, t.shape) if t is not None else None for t in inputs]
+        ctx.set_materialize_grads(False)
+        ctx.mark_non_differentiable(last)
+        return out.to(u.dtype), last
+
+    @staticmethod
+    def backward(ctx, gout, _glast):
+        if gout is None:
+            return (None,) * 9
+        grads = scan_backward(ctx.plan, ctx.ckpt, gout)
+        result = []
+        for name, like, needed in zip(_NAMES, ctx.like, ctx.needs_input_grad, strict=False):
+            g = grads[name]
+            result.append(g.reshape(like[1]).to(like[0]) if needed and like is not None else None)
+        return (*result, None)
+
+
+def selective_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                       return_last_state=False):
+    """Selective scan with the fused numba kernels; shapes and semantics as medssm.ops.selective_scan."""
+    out, last = _SelectiveScanCPU.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    return (out, last) if return_last_state else out
