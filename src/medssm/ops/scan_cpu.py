@@ -157,16 +157,21 @@ def _load_chunk(u, delta, softplus, bias_blk, d_blk, bi, c0, nl, t0, tn, lanes, 
     dub = dlb * u, and yb = D * u (the skip term the scan adds to)."""
     _load_lanes(u, bi, c0, nl, t0, tn, ub)
     _load_lanes(delta, bi, c0, nl, t0, tn, dlb)
-    want_sig = sgb.shape[0] > 0
+    # separate branch-free loops: a condition inside the lane loop stopped LLVM from vectorising it
     for j in range(tn):
         for lane in range(lanes):
-            x = dlb[j, lane] + bias_blk[lane]
-            if softplus:
-                if want_sig:
-                    sgb[j, lane] = _sigmoid(x)
-                x = _softplus(x)
-            dlb[j, lane] = x
-            dub[j, lane] = x * ub[j, lane]
+            dlb[j, lane] += bias_blk[lane]
+    if softplus and sgb.shape[0] > 0:
+        for j in range(tn):
+            for lane in range(lanes):
+                sgb[j, lane] = _sigmoid(dlb[j, lane])
+    if softplus:
+        for j in range(tn):
+            for lane in range(lanes):
+                dlb[j, lane] = _softplus(dlb[j, lane])
+    for j in range(tn):
+        for lane in range(lanes):
+            dub[j, lane] = dlb[j, lane] * ub[j, lane]
             yb[j, lane] = d_blk[lane] * ub[j, lane]
 
 

@@ -1,0 +1,5 @@
+import sys
+
+from medssm.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Operator and model benchmarks (time, memory, machine limits)."""

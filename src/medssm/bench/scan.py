@@ -1,0 +1,351 @@
+"""`medssm bench scan`: time, memory and machine limits of every selective-scan backend in one run.
+
+For each shape (batch, d, N, L) it measures the median forward and forward+backward time of each backend
+on Mamba-like inputs (selective B/C, D, z gate, delta_bias with softplus), the speed-up against
+"reference" and against mambapy's pscan path (when mambapy is installed), and the machine's own limit
+for this op measured in the same run: the scan must evaluate batch*d*L*N exponentials and move its
+(batch, d, L) tensors through memory, so the bound is max(exp count / measured vectorised exp rate,
+bytes / measured copy bandwidth). It also reports each backend's peak extra memory (resident-set growth
+during the call, inputs excluded), the numba compile time with a cold and a warm cache, and writes a JSON
+and a log-log PNG of forward time against L.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..ops import available_backends, selective_scan
+
+DEFAULT_SHAPES = ((1, 192, 16, 1024), (1, 192, 16, 4096), (2, 384, 16, 4096), (1, 96, 16, 16384))
+SCALING_LENGTHS = (512, 2048, 8192, 32768)  # the log-log plot: b=1, d=96, N=16
+
+
+def make_inputs(batch: int, dim: int, d_state: int, seqlen: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Mamba-like inputs: A = -(1..N), delta = softplus(x + bias) with softplus(bias) in [1e-3, 0.1]."""
+    gen = torch.Generator().manual_seed(seed)
+    dt = torch.exp(torch.rand(dim, generator=gen) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
+    return {
+        "u": torch.randn(batch, dim, seqlen, generator=gen),
+        "delta": 0.5 * torch.randn(batch, dim, seqlen, generator=gen),
+        "A": -torch.arange(1, d_state + 1, dtype=torch.float32).repeat(dim, 1),
+        "B": torch.randn(batch, d_state, seqlen, generator=gen),
+        "C": torch.randn(batch, d_state, seqlen, generator=gen),
+        "D": torch.ones(dim),
+        "z": torch.randn(batch, dim, seqlen, generator=gen),
+        "delta_bias": dt + torch.log(-torch.expm1(-dt)),  # inverse softplus
+    }
+
+
+def _scan_call(backend: str, x: dict[str, torch.Tensor]) -> torch.Tensor:
+    return selective_scan(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], z=x["z"],
+                          delta_bias=x["delta_bias"], delta_softplus=True, backend=backend)
+
+
+def _mambapy_call(x: dict[str, torch.Tensor]) -> torch.Tensor:
+    """mambapy's MambaBlock.selective_scan on the same inputs: (b, L, d) layout, pscan over (b, L, d, N).
+
+    Softplus and the z gate run outside the scan in mambapy; we do them here too so both compute the same.
+    """
+    from mambapy.pscan import pscan
+
+    u, delta, z = x["u_bld"], x["delta_bld"], x["z_bld"]
+    delta = F.softplus(delta + x["delta_bias"])
+    delta_a = torch.exp(delta.unsqueeze(-1) * x["A"])
+    bx = delta.unsqueeze(-1) * x["B_bln"].unsqueeze(2) * u.unsqueeze(-1)
+    hs = pscan(delta_a, bx)
+    y = (hs @ x["C_bln"].unsqueeze(-1)).squeeze(3) + x["D"] * u
+    return y * F.silu(z)
+
+
+def _with_mambapy_layout(x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    extra = {f"{k}_bld": x[k].transpose(1, 2).contiguous() for k in ("u", "delta", "z")}
+    extra |= {f"{k}_bln": x[k].transpose(1, 2).contiguous() for k in ("B", "C")}
+    return x | extra
+
+
+def mambapy_available() -> bool:
+    try:
+        import mambapy.pscan  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _median_time(fn: Callable[[], object], repeats: int) -> float:
+    fn()  # warm-up (and JIT load)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _forward_backward(call: Callable[[dict], torch.Tensor], x: dict[str, torch.Tensor],
+                      names: tuple[str, ...]) -> Callable[[], None]:
+    leaves = {k: v.detach().clone().requires_grad_(k in names) for k, v in x.items()}
+    grad = torch.randn_like(call(x))
+
+    def run() -> None:
+        for v in leaves.values():
+            v.grad = None
+        call(leaves).backward(grad)
+
+    return run
+
+
+# ---------------------------------------------------------------- machine limits
+
+
+def exp_rate(threads: int) -> float:
+    """Vectorised exps per second: torch.exp over in-cache fp32 buffers (best of a few buffer sizes)."""
+    torch.set_num_threads(threads)
+    best = 0.0
+    for size in (1 << 14, 1 << 16, 1 << 18):
+        src, dst = -torch.rand(size), torch.empty(size)
+        reps = max(1, (1 << 24) // size)
+
+        def run(src=src, dst=dst, reps=reps) -> None:
+            for _ in range(reps):
+                torch.exp(src, out=dst)
+
+        best = max(best, size * reps / _median_time(run, 5))
+    return best
+
+
+def copy_bandwidth(threads: int) -> float:
+    """Bytes per second (read + write) of a 256 MB fp32 copy."""
+    torch.set_num_threads(threads)
+    src = torch.rand(1 << 26)
+    dst = torch.empty_like(src)
+    return 2 * src.numel() * 4 / _median_time(lambda: dst.copy_(src), 5)
+
+
+# ---------------------------------------------------------------- memory
+
+
+def _rss_bytes(field_name: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1]) * 1024
+    raise OSError(f"{field_name} not in /proc/self/status")
+
+
+def memory_supported() -> bool:
+    return sys.platform.startswith("linux") and os.path.exists("/proc/self/clear_refs")
+
+
+def peak_extra_memory(fn: Callable[[], object]) -> int:
+    """Growth of the resident set's high-water mark while ``fn`` runs (Linux: VmHWM reset via clear_refs).
+
+    glibc is told to serve allocations >= 64 KiB with mmap so freed tensors leave the resident set and
+    cannot hide later growth.
+    """
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 16)  # M_MMAP_THRESHOLD
+    except OSError:
+        pass
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current resident set
+    before = _rss_bytes("VmRSS")
+    fn()
+    return max(0, _rss_bytes("VmHWM") - before)
+
+
+# ---------------------------------------------------------------- compile time
+
+
+def numba_compile_times() -> dict[str, float]:
+    """First-call time of the cpu backend (forward + backward) in fresh processes: cold and warm cache."""
+    code = ("import time, torch; from medssm.bench.scan import make_inputs, _scan_call, _forward_backward;"
+            "x = make_inputs(1, 16, 16, 64); t = time.perf_counter();"
+            "_forward_backward(lambda v: _scan_call('cpu', v), x, ('u',))(); print(time.perf_counter() - t)")
+    result = {}
+    with tempfile.TemporaryDirectory() as cold:
+        for label in ("cold_cache_s", "warm_cache_s"):  # the first run fills the cache the second loads
+            proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                  env=os.environ | {"NUMBA_CACHE_DIR": cold}, check=True)
+            result[label] = float(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+# ---------------------------------------------------------------- the benchmark
+
+
+@dataclass
+class Row:
+    shape: tuple[int, int, int, int]
+    backend: str
+    forward_s: float | None = None
+    forward_backward_s: float | None = None
+    peak_extra_forward_mb: float | None = None
+    peak_extra_forward_backward_mb: float | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def _repeats(backend: str, work: int, repeats: int) -> int:
+    # the reference loop takes seconds on big shapes: fewer repeats there keep the run short
+    return max(3, repeats // 4) if backend in ("reference", "mambapy") and work > 20_000_000 else repeats
+
+
+def bench_shape(shape: tuple[int, int, int, int], backends: list[str], repeats: int, memory: bool,
+                backward: bool) -> list[Row]:
+    x = make_inputs(*shape)
+    rows = []
+    for backend in backends:
+        if backend == "mambapy":
+            xm = _with_mambapy_layout(x)
+            call = _mambapy_call
+        else:
+            xm = x
+            call = lambda v, b=backend: _scan_call(b, v)  # noqa: E731
+        n = _repeats(backend, math.prod(shape), repeats)
+        row = Row(shape, backend)
+        with torch.no_grad():
+            row.forward_s = _median_time(lambda c=call, v=xm: c(v), n)
+            if memory and memory_supported():
+                row.peak_extra_forward_mb = peak_extra_memory(lambda c=call, v=xm: c(v)) / 2**20
+        if backward:
+            names = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "u_bld", "delta_bld", "z_bld",
+                     "B_bln", "C_bln")
+            run = _forward_backward(call, xm, names)
+            row.forward_backward_s = _median_time(run, n)
+            if memory and memory_supported():
+                row.peak_extra_forward_backward_mb = peak_extra_memory(run) / 2**20
+        rows.append(row)
+        print(f"  {backend:>9}: fwd {row.forward_s * 1e3:9.2f} ms"
+              + (f"  fwd+bwd {row.forward_backward_s * 1e3:9.2f} ms" if row.forward_backward_s else ""),
+              flush=True)
+    return rows
+
+
+def op_bytes(shape: tuple[int, int, int, int]) -> int:
+    """fp32 bytes the forward must move at least: read u, delta, z, B, C; write the output."""
+    b, d, n, seqlen = shape
+    return 4 * (4 * b * d * seqlen + 2 * b * n * seqlen)
+
+
+def run(shapes=DEFAULT_SHAPES, backends: list[str] | None = None, repeats: int = 10,
+        threads: int | None = None, out_dir: Path | None = None, memory: bool = True, compile_time: bool = True,
+        scaling: bool = True) -> dict:
+    """Run the benchmark, print the table, write scan.json and scan_vs_length.png under ``out_dir``."""
+    threads = threads or torch.get_num_threads()
+    torch.set_num_threads(threads)
+    backends = list(backends or [b for b in ("reference", "torch", "cpu") if b in available_backends("cpu")])
+    if mambapy_available() and "mambapy" not in backends:
+        backends.append("mambapy")
+    print(f"medssm bench scan: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"torch {torch.__version__}, {threads} threads; backends {backends}", flush=True)
+    limits = {"exp_per_s": exp_rate(threads), "copy_bytes_per_s": copy_bandwidth(threads)}
+    print(f"machine: exp {limits['exp_per_s'] / 1e9:.2f} G/s (torch.exp, in-cache), "
+          f"copy {limits['copy_bytes_per_s'] / 1e9:.1f} GB/s", flush=True)
+    compile_s = numba_compile_times() if compile_time and "cpu" in backends else None
+    if compile_s:
+        print(f"cpu backend first call: {compile_s['cold_cache_s']:.1f} s with a cold numba cache, "
+              f"{compile_s['warm_cache_s']:.1f} s warm", flush=True)
+    rows: list[Row] = []
+    for shape in shapes:
+        print(f"shape (b, d, N, L) = {shape}", flush=True)
+        rows += bench_shape(tuple(shape), backends, repeats, memory, backward=True)
+    scaling_rows: list[Row] = []
+    if scaling:
+        print("scaling (b, d, N) = (1, 96, 16), forward only", flush=True)
+        for seqlen in SCALING_LENGTHS:
+            scaling_rows += bench_shape((1, 96, 16, seqlen), backends, max(3, repeats // 2), False, False)
+    report = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": {"processor": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                    "threads": threads, "torch": torch.__version__, "python": platform.python_version()},
+        "limits": limits,
+        "compile": compile_s,
+        "rows": [asdict(r) for r in rows],
+        "scaling": [asdict(r) for r in scaling_rows],
+    }
+    report["table"] = format_table(rows, limits)
+    print()
+    print(report["table"])
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _atomic_write(out_dir / "scan.json", json.dumps(report, indent=2))
+        plot_scaling(scaling_rows or rows, out_dir / "scan_vs_length.png")
+        print(f"\nwrote {out_dir / 'scan.json'} and {out_dir / 'scan_vs_length.png'}")
+    return report
+
+
+def format_table(rows: list[Row], limits: dict) -> str:
+    """Markdown table: times, speed-ups against reference and mambapy, ratio to the machine bound."""
+    lines = ["| shape (b, d, N, L) | backend | fwd ms | fwd+bwd ms | (fwd+bwd)/fwd | vs reference (fwd) "
+             "| vs mambapy (fwd) | fwd / bound | peak extra MB fwd (x out) | peak extra MB fwd+bwd |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    by_shape: dict[tuple, dict[str, Row]] = {}
+    for r in rows:
+        by_shape.setdefault(tuple(r.shape), {})[r.backend] = r
+    for shape, group in by_shape.items():
+        b, d, n, seqlen = shape
+        bound = max(b * d * seqlen * n / limits["exp_per_s"], op_bytes(shape) / limits["copy_bytes_per_s"])
+        out_mb = 4 * b * d * seqlen / 2**20
+        for name, r in group.items():
+            ref, mpy = group.get("reference"), group.get("mambapy")
+            cells = [
+                str(shape), name, f"{r.forward_s * 1e3:.2f}",
+                f"{r.forward_backward_s * 1e3:.2f}" if r.forward_backward_s else "-",
+                f"{r.forward_backward_s / r.forward_s:.2f}" if r.forward_backward_s else "-",
+                f"{ref.forward_s / r.forward_s:.1f}x" if ref else "-",
+                f"{mpy.forward_s / r.forward_s:.1f}x" if mpy else "-",
+                f"{r.forward_s / bound:.2f} (bound {bound * 1e3:.2f} ms)",
+                f"{r.peak_extra_forward_mb:.1f} ({r.peak_extra_forward_mb / out_mb:.2f}x)"
+                if r.peak_extra_forward_mb is not None else "-",
+                "-" if r.peak_extra_forward_backward_mb is None else f"{r.peak_extra_forward_backward_mb:.1f}",
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_scaling(rows: list[Row], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for backend in dict.fromkeys(r.backend for r in rows):
+        pts = sorted((r.shape[3], r.forward_s) for r in rows if r.backend == backend)
+        ax.loglog([p[0] for p in pts], [p[1] * 1e3 for p in pts], "o-", label=backend)
+    if rows:
+        lengths = sorted({r.shape[3] for r in rows})
+        base = min(r.forward_s for r in rows if r.shape[3] == lengths[0]) * 1e3
+        linear = [base * seqlen / lengths[0] for seqlen in lengths]
+        ax.loglog(lengths, linear, "k--", lw=0.8, label="linear in L")
+    b, d, n, _ = rows[0].shape if rows else (0, 0, 0, 0)
+    ax.set_xlabel("sequence length L")
+    ax.set_ylabel("forward time (ms)")
+    ax.set_title(f"selective_scan forward, b={b}, d={d}, N={n}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -1,0 +1,110 @@
+"""What is specific to the "cpu" backend: long sequences, memory, threads, the numba cache folder."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+
+from medssm.bench.scan import memory_supported, peak_extra_memory
+from medssm.ops import _numba_env as numba_env
+from medssm.ops import selective_scan
+
+
+def mamba_like(batch: int, dim: int, d_state: int, seqlen: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """mamba_ssm-style initialisation: A = -(1..N), softplus(delta_bias) log-uniform in [1e-3, 0.1]."""
+    gen = torch.Generator().manual_seed(seed)
+    dt = torch.exp(torch.rand(dim, generator=gen) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
+    return {
+        "u": torch.randn(batch, dim, seqlen, generator=gen),
+        "delta": torch.randn(batch, dim, seqlen, generator=gen),
+        "A": -torch.arange(1, d_state + 1, dtype=torch.float32).repeat(dim, 1),
+        "B": torch.randn(batch, d_state, seqlen, generator=gen),
+        "C": torch.randn(batch, d_state, seqlen, generator=gen),
+        "D": torch.ones(dim),
+        "z": torch.randn(batch, dim, seqlen, generator=gen),
+        "delta_bias": dt + torch.log(-torch.expm1(-dt)),
+    }
+
+
+def scan(x: dict[str, torch.Tensor], **kwargs):
+    return selective_scan(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], z=x["z"],
+                          delta_bias=x["delta_bias"], delta_softplus=True, backend="cpu", **kwargs)
+
+
+def test_million_steps_stay_finite_forward_and_backward():
+    x = {k: v.requires_grad_() for k, v in mamba_like(1, 4, 16, 1_000_000).items()}
+    out, last = scan(x, return_last_state=True)
+    assert torch.isfinite(out).all() and torch.isfinite(last).all()
+    out.sum().backward()
+    for name, leaf in x.items():
+        assert torch.isfinite(leaf.grad).all(), name
+
+
+def test_matches_reference_after_a_long_prefix():
+    """The recurrence stays exact over many chunks: compare the tail of a long scan with the reference."""
+    x = mamba_like(1, 5, 16, 3000)
+    out, last = scan(x, return_last_state=True)
+    ref, ref_last = selective_scan(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], z=x["z"],
+                                   delta_bias=x["delta_bias"], delta_softplus=True, return_last_state=True,
+                                   backend="reference")
+    torch.testing.assert_close(out, ref, rtol=6e-4, atol=2e-3)
+    torch.testing.assert_close(last, ref_last, rtol=6e-4, atol=2e-3)
+
+
+@pytest.mark.skipif(not memory_supported(), reason="needs Linux /proc/self/clear_refs (resident-set peak)")
+def test_forward_extra_memory_is_at_most_twice_the_output():
+    x = mamba_like(1, 96, 16, 16384)
+    scan(x)  # load the kernels first
+    with torch.no_grad():
+        extra = peak_extra_memory(lambda: scan(x))
+    out_bytes = 4 * 96 * 16384
+    assert extra <= 2 * out_bytes, f"forward used {extra / out_bytes:.2f}x the output's size"
+
+
+def test_same_result_with_one_or_two_threads_and_run_to_run():
+    x = {k: v.requires_grad_() for k, v in mamba_like(2, 70, 16, 300).items()}
+    results = []
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2, 2):
+            torch.set_num_threads(n)
+            for v in x.values():
+                v.grad = None
+            out = scan(x)
+            out.square().sum().backward()
+            results.append([out.detach().clone()] + [v.grad.clone() for v in x.values()])
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(results[0], results[1], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)  # partial sums per thread: order differs
+    for a, b in zip(results[1], results[2], strict=True):
+        assert torch.equal(a, b)  # same threads: bitwise reproducible
+
+
+def test_low_precision_inputs_keep_their_dtype_in_outputs_and_gradients():
+    x = mamba_like(1, 8, 4, 50)
+    x = {k: (v.bfloat16() if k in ("u", "delta", "z", "B", "C") else v).requires_grad_() for k, v in x.items()}
+    out = scan(x)
+    assert out.dtype == torch.bfloat16
+    out.float().sum().backward()
+    for name, leaf in x.items():
+        assert leaf.grad.dtype == leaf.dtype, name
+
+
+def test_cache_dir_falls_back_to_a_writable_temporary_folder(monkeypatch, tmp_path):
+    """A read-only package folder (site-packages, containers) must not break import: use a temp folder."""
+    monkeypatch.setenv("NUMBA_CACHE_DIR", "")  # recorded, so the variable is restored after the test
+    monkeypatch.delenv("NUMBA_CACHE_DIR")
+    monkeypatch.setattr(numba_env, "_writable", lambda folder: str(folder).startswith(str(tmp_path)))
+    monkeypatch.setattr(numba_env.tempfile, "gettempdir", lambda: str(tmp_path))
+    numba_env._choose_cache_dir()
+    assert os.environ["NUMBA_CACHE_DIR"].startswith(str(tmp_path))
+
+
+def test_unavailable_backend_is_an_error_not_a_fallback():
+    x = mamba_like(1, 2, 2, 3)
+    with pytest.raises(ValueError, match="cannot run on meta"):
+        selective_scan(*(x[k].to("meta") for k in ("u", "delta", "A", "B", "C")), backend="cpu")
