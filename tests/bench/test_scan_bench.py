@@ -10,8 +10,8 @@ from medssm.cli import main
 
 def test_bench_scan_writes_json_and_plot(tmp_path, capsys):
     out = tmp_path / "bench"
-    code = main(["bench", "scan", "--shape", "1,8,4,64", "--repeats", "2", "--out", str(out), "--no-compile", "--no-scaling",
-                 "--backend", "reference", "--backend", "torch", "--backend", "cpu"])
+    code = main(["bench", "scan", "--shape", "1,8,4,64", "--repeats", "2", "--out", str(out), "--no-compile",
+                 "--no-scaling", "--backend", "reference", "--backend", "torch", "--backend", "cpu"])
     assert code == 0
     report = json.loads((out / "scan.json").read_text())
     backends = {r["backend"] for r in report["rows"]}

@@ -144,3 +144,20 @@ def test_bfloat16_module():
     out = model(torch.randn(1, 6, 40, dtype=torch.bfloat16))
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
     assert math.isfinite(out.float().sum().item())
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpu"])
+def test_every_scan_backend_gives_the_reference_output_and_gradients(backend):
+    torch.manual_seed(0)
+    layers = {name: Mamba(24, d_state=8, scan_backend=name) for name in ("reference", backend)}
+    layers[backend].load_state_dict(layers["reference"].state_dict())
+    x = torch.randn(2, 37, 24)
+    outs, grads = {}, {}
+    for name, layer in layers.items():
+        xi = x.clone().requires_grad_()
+        outs[name] = layer(xi)
+        outs[name].square().mean().backward()
+        grads[name] = [xi.grad] + [p.grad for p in layer.parameters()]
+    torch.testing.assert_close(outs[backend], outs["reference"], rtol=6e-4, atol=2e-3)
+    for got, want in zip(grads[backend], grads["reference"], strict=True):
+        torch.testing.assert_close(got, want, rtol=2e-3, atol=2e-3)

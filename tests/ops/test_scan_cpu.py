@@ -108,3 +108,24 @@ def test_unavailable_backend_is_an_error_not_a_fallback():
     x = mamba_like(1, 2, 2, 3)
     with pytest.raises(ValueError, match="cannot run on meta"):
         selective_scan(*(x[k].to("meta") for k in ("u", "delta", "A", "B", "C")), backend="cpu")
+
+
+@pytest.mark.parametrize("output_weight", [0.0, 0.5, None])  # None: the output is not in the loss at all
+def test_gradient_flows_through_the_last_state_as_in_the_reference(output_weight):
+    x = mamba_like(2, 6, 4, 150)
+    grads = {}
+    for backend in ("reference", "cpu"):
+        leaves = {k: v.clone().requires_grad_() for k, v in x.items()}
+        out, last = selective_scan(leaves["u"], leaves["delta"], leaves["A"], leaves["B"], leaves["C"], leaves["D"],
+                                   z=leaves["z"], delta_bias=leaves["delta_bias"], delta_softplus=True,
+                                   return_last_state=True, backend=backend)
+        loss = last.square().sum()
+        if output_weight is not None:
+            loss = loss + output_weight * out.sum()
+        loss.backward()
+        grads[backend] = {k: v.grad for k, v in leaves.items()}
+    for name, want in grads["reference"].items():
+        got = grads["cpu"][name]
+        if want is None:  # the last state does not depend on C, D or z: autograd gives None, the kernel zeros
+            want = torch.zeros_like(got)
+        torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3, msg=name)

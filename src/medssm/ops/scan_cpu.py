@@ -235,7 +235,7 @@ def _scan_fwd(job_lo, job_hi, u, delta, bias, softplus, A, Bsel, Bfix, Csel, Cfi
 
 
 @_kernel
-def _scan_bwd(job_lo, job_hi, tid, u, delta, bias, softplus, A, Bsel, Bfix, Csel, Cfix, D, z, gout, ckpt,
+def _scan_bwd(job_lo, job_hi, tid, u, delta, bias, softplus, A, Bsel, Bfix, Csel, Cfix, D, z, gout, glast, ckpt,
               job_b, job_c, job_n, chan_per_gb, chan_per_gc, lanes, du_out, ddelta_out, dz_out, dA_part,
               dD_part, dbias_part, dBsel_part, dBfix_part, dCsel_part, dCfix_part):
     """Backward scan for jobs [job_lo, job_hi) on worker ``tid``: gradients w.r.t. u, delta and z, and
@@ -274,6 +274,10 @@ def _scan_bwd(job_lo, job_hi, tid, u, delta, bias, softplus, A, Bsel, Bfix, Csel
         hs[0] = _ZERO  # lanes >= nl must hold zeros
         for buf in (mu, dA_acc, dBf_acc, dCf_acc, dlb, ub, zb, gyb):
             buf[:] = _ZERO
+        if glast.shape[0] > 0:  # the last state's gradient starts the adjoint: lambda_{L-1} += dL/dh_{L-1}
+            for lane in range(nl):
+                for n in range(d_state):
+                    mu[n, lane] = glast[bi, c0 + lane, n]
         dD_acc[:] = _ZERO
         dbias_acc[:] = _ZERO
         for kk in range(n_chunks):
@@ -454,8 +458,10 @@ def scan_forward(plan: _Plan, save_ckpt: bool) -> tuple[torch.Tensor, torch.Tens
     return out, last, ckpt
 
 
-def scan_backward(plan: _Plan, ckpt: torch.Tensor, gout: torch.Tensor) -> dict[str, torch.Tensor | None]:
-    """Run the backward kernel; returns fp32 gradients keyed by argument name (z: None when absent)."""
+def scan_backward(plan: _Plan, ckpt: torch.Tensor, gout: torch.Tensor,
+                  glast: torch.Tensor | None = None) -> dict[str, torch.Tensor | None]:
+    """Run the backward kernel for output gradient ``gout`` (b, d, L) and last-state gradient ``glast``
+    (b, d, N) or None; returns fp32 gradients keyed by argument name (z: None when absent)."""
     batch, dim, seqlen, d_state = plan.shape
     workers = _workers(plan.n_jobs)
     grads = {"u": torch.empty(batch, dim, seqlen), "delta": torch.empty(batch, dim, seqlen),
@@ -466,7 +472,8 @@ def scan_backward(plan: _Plan, ckpt: torch.Tensor, gout: torch.Tensor) -> dict[s
         parts[name] = torch.zeros(workers, *sel.shape) if sel.size else torch.zeros(workers, *fix.shape)
     empty5, empty3 = np.zeros((0,) * 5, np.float32), np.zeros((0,) * 3, np.float32)
     b_sel, c_sel = bool(plan.Bsel.size), bool(plan.Csel.size)
-    _run_jobs(_scan_bwd, plan.n_jobs, *plan.args, _f32(gout), ckpt.numpy(), *plan.jobs, plan.cpg_b,
+    glast_np = empty3 if glast is None else _f32(glast)
+    _run_jobs(_scan_bwd, plan.n_jobs, *plan.args, _f32(gout), glast_np, ckpt.numpy(), *plan.jobs, plan.cpg_b,
               plan.cpg_c, LANES, grads["u"].numpy(), grads["delta"].numpy(),
               empty3 if grads["z"] is None else grads["z"].numpy(),
               parts["A"].numpy(), parts["D"].numpy(), parts["delta_bias"].numpy(),
@@ -491,14 +498,15 @@ class _SelectiveScanCPU(torch.autograd.Function):
         inputs = (u, delta, A, B, C, D, z, delta_bias)
         ctx.like = [(t.dtype, t.shape) if t is not None else None for t in inputs]
         ctx.set_materialize_grads(False)
-        ctx.mark_non_differentiable(last)
         return out.to(u.dtype), last
 
     @staticmethod
-    def backward(ctx, gout, _glast):
-        if gout is None:
+    def backward(ctx, gout, glast):
+        if gout is None and glast is None:
             return (None,) * 9
-        grads = scan_backward(ctx.plan, ctx.ckpt, gout)
+        batch, dim, seqlen, _ = ctx.plan.shape
+        gout = torch.zeros(batch, dim, seqlen) if gout is None else gout
+        grads = scan_backward(ctx.plan, ctx.ckpt, gout, glast)
         result = []
         for name, like, needed in zip(_NAMES, ctx.like, ctx.needs_input_grad, strict=False):
             g = grads[name]
