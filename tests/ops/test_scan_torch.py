@@ -333,12 +333,14 @@ class _AllocationTracker(TorchDispatchMode):
         return out
 
 
-def test_memory_no_full_volume_in_forward_or_backward():
-    """Nothing of size batch*d*L*N is allocated; autograd keeps only the inputs and chunk-start states."""
-    batch, dim, N, L = 1, 32, 64, 4096  # a large N separates per-(b, d, L) buffers from the full volume
-    inputs = make_inputs(batch=batch, dim=dim, d_state=N, seqlen=L)
+@pytest.mark.parametrize("d_state", [16, 64])
+def test_memory_no_full_volume_in_forward_or_backward(d_state):
+    """Nothing of size batch*d*L*N is allocated; autograd keeps only the inputs and the chunk-start states;
+    the peak is a few (batch, d, L) buffers plus a fraction (checkpoints and blocks) of the full volume."""
+    batch, dim, L = 1, 32, 4096
+    inputs = make_inputs(batch=batch, dim=dim, d_state=d_state, seqlen=L)
     unit = batch * dim * L * 4  # bytes of one fp32 (batch, d, L) tensor
-    volume = unit * N  # bytes of one fp32 (batch, d, L, N) tensor
+    volume = unit * d_state  # bytes of one fp32 (batch, d, L, N) tensor
     grad_out = torch.randn(batch, dim, L)
     leaves = [inputs[k] for k in NAMES]
 
@@ -354,7 +356,8 @@ def test_memory_no_full_volume_in_forward_or_backward():
         out = selective_scan_torch(*leaves, delta_softplus=True)
         held = tracker.current - unit  # minus the output itself
         out.backward(grad_out)
-    assert sum(saved) <= 0.5 * unit, saved  # only the chunk-start states besides the inputs
+    assert sum(saved) <= 0.5 * unit, saved  # besides the inputs, only the chunk-start states (N/T units)
     assert held <= 0.5 * unit
     assert tracker.largest <= volume / 8
-    assert tracker.peak <= volume / 2
+    # Measured 12.9 units at N = 16 and 30.4 at N = 64 (the reference loop: 151 units at N = 16).
+    assert tracker.peak <= 14 * unit + 0.3 * volume

@@ -35,12 +35,15 @@ def selective_scan_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     A = A.float()
     Bx, Cx = expand_bc(B, dim), expand_bc(C, dim)
     state = u.new_zeros(batch, dim, A.shape[1])
+    # unbind once: indexing [..., t] every step would make the backward allocate a full-size zero
+    # gradient per step (O(L^2) time)
+    deltas, us = delta.unbind(2), u.unbind(2)
+    Bs = [Bx] * seqlen if Bx.dim() == 2 else Bx.unbind(3)
+    Cs = [Cx] * seqlen if Cx.dim() == 2 else Cx.unbind(3)
     ys = []
-    for t in range(seqlen):
-        dt = delta[:, :, t, None]  # (batch, d, 1)
-        b_t = Bx if Bx.dim() == 2 else Bx[..., t]
-        c_t = Cx if Cx.dim() == 2 else Cx[..., t]
-        state = torch.exp(dt * A) * state + dt * b_t * u[:, :, t, None]
+    for dt, u_t, b_t, c_t in zip(deltas, us, Bs, Cs, strict=True):
+        dt = dt[:, :, None]  # (batch, d, 1)
+        state = torch.exp(dt * A) * state + dt * b_t * u_t[:, :, None]
         ys.append((state * c_t).sum(-1))
     y = torch.stack(ys, dim=2)
     if D is not None:

@@ -22,11 +22,13 @@ recurrence is one in-place ``addcmul_`` per step, and contractions over N are ba
 blocks (each ~b*d*N*L*k/T elements) are alive at a time; nothing of size b*d*L*N is ever allocated.
 
 The backward mirrors this with the adjoint lambda_t = C_t g_t + a_{t+1} lambda_{t+1} (a_t = exp(delta_t A)):
-a local reverse pass per chunk, a reverse carry pass over chunks, then per block (in reverse) the states
-are recomputed from block checkpoints and every gradient follows from lambda, h and a. Like mamba_ssm's
-kernel, autograd keeps only the inputs themselves and the chunk-start states (b*d*N*L/T); the D skip, the
-silu(z) gate and the delta bias/softplus are inside the autograd Function so that no (b, d, L)
-intermediate is saved either.
+one forward rescan from the chunk-start states keeps the state before every block (1/k of the volume,
+alive only during the backward) and, with the same decays, each chunk's local adjoint seed; a reverse
+carry pass over chunks gives the adjoint entering each chunk from the right; then per block, last first,
+the states and the adjoint are recomputed and every gradient follows from lambda, h and a. Like
+mamba_ssm's kernel, autograd keeps only the inputs themselves and the chunk-start states (b*d*N*L/T):
+the D skip, the silu(z) gate and the delta bias/softplus live inside the autograd Function, so no
+(b, d, L) intermediate is saved either.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import warnings
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 # Steps per block. Larger blocks mean fewer, larger ops (less Python overhead) but more memory: the
 # backward keeps T/k checkpoint slabs (1/k of the b*d*L*N volume) plus a few blocks of k slabs.
@@ -214,7 +217,8 @@ def _adjoint_block(gy_s: torch.Tensor, C_w: torch.Tensor, a: torch.Tensor, rho: 
     return lam
 
 
-def _scan_forward(delta_s, u_s, A_w, B_w, C_w, k):
+def _scan_forward(delta_s: torch.Tensor, u_s: torch.Tensor, A_w: torch.Tensor, B_w: torch.Tensor,
+                  C_w: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The three passes. Returns y_s (T, b, nc, G, 1, dg), the chunk-start states h_in (b, nc, G, N, dg)
     and the last state (b, G, N, dg)."""
     y_s = torch.empty_like(u_s)
@@ -230,8 +234,12 @@ def _scan_forward(delta_s, u_s, A_w, B_w, C_w, k):
     return y_s, h_in, last
 
 
-def _scan_backward(delta_s, u_s, A_w, B_w, C_w, h_in, gy_s, g_last, k, gate=None):
-    """Gradients of the scan in step layout: (du_s, ddelta_s, dA_w, dB_w, dC_w).
+def _scan_backward(delta_s: torch.Tensor, u_s: torch.Tensor, A_w: torch.Tensor, B_w: torch.Tensor,
+                   C_w: torch.Tensor, h_in: torch.Tensor, gy_s: torch.Tensor, g_last: torch.Tensor | None,
+                   k: int, gate: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+                   ) -> tuple[torch.Tensor, ...]:
+    """Gradients of the scan in step layout: (du_s, ddelta_s, dA_w, dB_w, dC_w), given gy_s = dLoss/dy
+    (T, b, nc, G, 1, dg) and g_last = dLoss/d(last state) (b, G, N, dg) or None.
 
     With W_t = lambda_t * a_t * h_{t-1}: dA = sum_t delta_t W_t, ddelta_t = sum_n (A W_t + lambda_t B_t u_t),
     du_t = delta_t sum_n lambda_t B_t, dB_t = lambda_t delta_t u_t and dC_t = g_t h_t, B and C summed over
@@ -329,7 +337,7 @@ def _scan_backward(delta_s, u_s, A_w, B_w, C_w, h_in, gy_s, g_last, k, gate=None
     return du_s, ddelta_s, dA, dB, dC
 
 
-def _delta_s(lay: _Layout, delta: torch.Tensor, delta_bias: torch.Tensor | None, delta_softplus: bool,
+def _delta_steps(lay: _Layout, delta: torch.Tensor, delta_bias: torch.Tensor | None, delta_softplus: bool,
              derivative: bool = False) -> torch.Tensor:
     """softplus(delta + delta_bias) (as asked) in step layout, or with ``derivative`` its derivative.
 
@@ -342,11 +350,13 @@ def _delta_s(lay: _Layout, delta: torch.Tensor, delta_bias: torch.Tensor | None,
     return lay.seq_in(F.softplus(x) if delta_softplus else x)
 
 
-def _forward(lay: _Layout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, k):
+def _forward(lay: _Layout, u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+             C: torch.Tensor, D: torch.Tensor | None, z: torch.Tensor | None, delta_bias: torch.Tensor | None,
+             delta_softplus: bool, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Forward on the public layouts. Returns out (b, d, L) in u's dtype, the last state (b, d, N) fp32
     and the chunk-start states (for the backward)."""
     u_s = lay.seq_in(u)
-    y_s, h_in, last = _scan_forward(_delta_s(lay, delta, delta_bias, delta_softplus), u_s, lay.mat_in(A),
+    y_s, h_in, last = _scan_forward(_delta_steps(lay, delta, delta_bias, delta_softplus), u_s, lay.mat_in(A),
                                     lay.bc_in(B), lay.bc_in(C), k)
     if D is not None:
         y_s = y_s + u_s * lay.vec_in(D)
@@ -371,6 +381,7 @@ class _ScanFn(torch.autograd.Function):
         return out, last
 
     @staticmethod
+    @once_differentiable  # the hand-written backward is not itself differentiable: say so if asked
     def backward(ctx, g_out, g_last):
         u, delta, A, B, C, D, z, delta_bias, h_in = ctx.saved_tensors
         lay: _Layout = ctx.lay
@@ -389,7 +400,7 @@ class _ScanFn(torch.autograd.Function):
                 del z_s, sz
         D_w = lay.vec_in(D) if D is not None else None
         du_s, ddelta_s, dA, dB, dC = _scan_backward(
-            _delta_s(lay, delta, delta_bias, ctx.delta_softplus), u_s, lay.mat_in(A), lay.bc_in(B),
+            _delta_steps(lay, delta, delta_bias, ctx.delta_softplus), u_s, lay.mat_in(A), lay.bc_in(B),
             lay.bc_in(C), h_in, gy_s, lay.state_in(g_last) if g_last is not None else None, ctx.k,
             gate=(g_gate, D_w) if g_gate is not None else None)
         # Convert each gradient as soon as it is final, so that step and public copies don't pile up.
@@ -406,7 +417,7 @@ class _ScanFn(torch.autograd.Function):
         du = lay.seq_out(du_s).to(u.dtype)
         del du_s, u_s
         if ctx.delta_softplus:
-            ddelta_s.mul_(_delta_s(lay, delta, delta_bias, True, derivative=True))
+            ddelta_s.mul_(_delta_steps(lay, delta, delta_bias, True, derivative=True))
         ddelta = lay.seq_out(ddelta_s)  # (drops the padded steps, whose gradients are meaningless)
         del ddelta_s
         if delta_bias is not None:
