@@ -12,7 +12,6 @@ and a log-log PNG of forward time against L.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import math
 import os
@@ -154,18 +153,46 @@ def memory_supported() -> bool:
 def peak_extra_memory(fn: Callable[[], object]) -> int:
     """Growth of the resident set's high-water mark while ``fn`` runs (Linux: VmHWM reset via clear_refs).
 
-    glibc is told to serve allocations >= 64 KiB with mmap so freed tensors leave the resident set and
-    cannot hide later growth.
+    Meaningful when freed memory leaves the resident set, as in the child processes of
+    :func:`measure_memory` (glibc serves allocations >= 64 KiB with mmap there).
     """
-    try:
-        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 16)  # M_MMAP_THRESHOLD
-    except OSError:
-        pass
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset VmHWM to the current resident set
     before = _rss_bytes("VmRSS")
     fn()
     return max(0, _rss_bytes("VmHWM") - before)
+
+
+_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "u_bld", "delta_bld", "z_bld", "B_bln", "C_bln")
+
+
+def _call_for(backend: str, x: dict[str, torch.Tensor]) -> tuple[Callable[[dict], torch.Tensor], dict]:
+    if backend == "mambapy":
+        return _mambapy_call, _with_mambapy_layout(x)
+    return (lambda v: _scan_call(backend, v)), x
+
+
+def memory_child(backend: str, shape: tuple[int, int, int, int], threads: int) -> dict[str, float]:
+    """Peak extra memory (MB) of one forward and one forward+backward; run in a fresh process."""
+    torch.set_num_threads(threads)
+    call, x = _call_for(backend, make_inputs(*shape))
+    with torch.no_grad():
+        call(x)  # load kernels outside the measurement
+        fwd = peak_extra_memory(lambda: call(x))
+    run = _forward_backward(call, x, _NAMES)
+    run()
+    fwd_bwd = peak_extra_memory(run)
+    return {"forward_mb": fwd / 2**20, "forward_backward_mb": fwd_bwd / 2**20}
+
+
+def measure_memory(backend: str, shape: tuple[int, int, int, int], threads: int) -> dict[str, float]:
+    """:func:`memory_child` in a fresh process, so that timings and other backends cannot distort it and
+    freed tensors leave the resident set (MALLOC_MMAP_THRESHOLD_: allocations >= 64 KiB are mmapped)."""
+    code = ("import json, sys; from medssm.bench.scan import memory_child;"
+            f"print(json.dumps(memory_child({backend!r}, {tuple(shape)!r}, {threads})))")
+    env = os.environ | {"MALLOC_MMAP_THRESHOLD_": str(1 << 16)}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 # ---------------------------------------------------------------- compile time
@@ -209,25 +236,17 @@ def bench_shape(shape: tuple[int, int, int, int], backends: list[str], repeats: 
     x = make_inputs(*shape)
     rows = []
     for backend in backends:
-        if backend == "mambapy":
-            xm = _with_mambapy_layout(x)
-            call = _mambapy_call
-        else:
-            xm = x
-            call = lambda v, b=backend: _scan_call(b, v)  # noqa: E731
+        call, xm = _call_for(backend, x)
         n = _repeats(backend, math.prod(shape), repeats)
         row = Row(shape, backend)
         with torch.no_grad():
             row.forward_s = _median_time(lambda c=call, v=xm: c(v), n)
-            if memory and memory_supported():
-                row.peak_extra_forward_mb = peak_extra_memory(lambda c=call, v=xm: c(v)) / 2**20
         if backward:
-            names = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "u_bld", "delta_bld", "z_bld",
-                     "B_bln", "C_bln")
-            run = _forward_backward(call, xm, names)
-            row.forward_backward_s = _median_time(run, n)
-            if memory and memory_supported():
-                row.peak_extra_forward_backward_mb = peak_extra_memory(run) / 2**20
+            row.forward_backward_s = _median_time(_forward_backward(call, xm, _NAMES), n)
+        if memory and memory_supported():
+            mem = measure_memory(backend, shape, torch.get_num_threads())
+            row.peak_extra_forward_mb = mem["forward_mb"]
+            row.peak_extra_forward_backward_mb = mem["forward_backward_mb"]
         rows.append(row)
         print(f"  {backend:>9}: fwd {row.forward_s * 1e3:9.2f} ms"
               + (f"  fwd+bwd {row.forward_backward_s * 1e3:9.2f} ms" if row.forward_backward_s else ""),
