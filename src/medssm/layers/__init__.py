@@ -1,7 +1,8 @@
-"""Blocks built from ops (and scans): Mamba mixers and their norms."""
+"""Blocks built from ops (and scans): Mamba mixers, their norms, and patch embedding/merging/expanding."""
 
 from .mamba import Mamba
 from .mamba2 import Mamba2
 from .norm import RMSNormGated
+from .patch import PatchEmbed, PatchExpanding, PatchMerging, pad_to_multiple
 
-__all__ = ["Mamba", "Mamba2", "RMSNormGated"]
+__all__ = ["Mamba", "Mamba2", "PatchEmbed", "PatchExpanding", "PatchMerging", "RMSNormGated", "pad_to_multiple"]

@@ -452,17 +452,16 @@ def _workers(n_jobs: int) -> int:
     return max(1, min(torch.get_num_threads(), n_jobs))
 
 
-def _run_jobs(kernel, n_jobs: int, *args, with_tid: bool = False) -> None:
-    """Run ``kernel(lo, hi, [worker,] *args)`` over contiguous job ranges on torch.get_num_threads() threads.
+def _run_jobs(kernel, n_jobs: int, workers: int, *args, with_tid: bool = False) -> None:
+    """Run ``kernel(lo, hi, [worker,] *args)`` over ``workers`` contiguous job ranges, one per thread.
 
     The kernels release the GIL (nogil), so plain Python threads run them in parallel. We use this rather
     than numba's parallel=True: numba's OpenMP pool and PyTorch's spin-wait against each other on a
     machine this size (measured: a tiny torch reduction right after a numba parallel region took 24 ms).
-    The calling thread runs the first range itself: had it gone to sleep right after waking the workers,
-    the scheduler would have put them on its own CPU (measured: 2 threads 3-5x slower than 1).
+    The calling thread runs the first range itself. ``workers`` is passed in, not re-read, because the
+    backward sizes its per-worker partial sums with it.
     """
     global _POOL
-    workers = _workers(n_jobs)
     bounds = [n_jobs * i // workers for i in range(workers + 1)]
     ranges = [(bounds[i], bounds[i + 1]) + ((i,) if with_tid else ()) for i in range(workers)]
     if workers > 1 and (_POOL is None or _POOL._max_workers < workers - 1):
@@ -480,8 +479,8 @@ def scan_forward(plan: _Plan, save_ckpt: bool) -> tuple[torch.Tensor, torch.Tens
     last = torch.empty(batch, dim, d_state)
     n_segments = -(-seqlen // (CHUNK * CKPT_EVERY))
     ckpt = torch.empty(batch, dim, n_segments, d_state) if save_ckpt else torch.empty(0, 0, 0, 0)
-    _run_jobs(_scan_fwd, plan.n_jobs, *plan.args, *plan.jobs, plan.cpg_b, plan.cpg_c, LANES, out.numpy(),
-              last.numpy(), ckpt.numpy(), save_ckpt)
+    _run_jobs(_scan_fwd, plan.n_jobs, _workers(plan.n_jobs), *plan.args, *plan.jobs, plan.cpg_b, plan.cpg_c,
+              LANES, out.numpy(), last.numpy(), ckpt.numpy(), save_ckpt)
     return out, last, ckpt
 
 
@@ -500,8 +499,8 @@ def scan_backward(plan: _Plan, ckpt: torch.Tensor, gout: torch.Tensor,
     empty5, empty3 = np.zeros((0,) * 5, np.float32), np.zeros((0,) * 3, np.float32)
     b_sel, c_sel = bool(plan.Bsel.size), bool(plan.Csel.size)
     glast_np = empty3 if glast is None else _f32(glast)
-    _run_jobs(_scan_bwd, plan.n_jobs, *plan.args, _f32(gout), glast_np, ckpt.numpy(), *plan.jobs, plan.cpg_b,
-              plan.cpg_c, LANES, grads["u"].numpy(), grads["delta"].numpy(),
+    _run_jobs(_scan_bwd, plan.n_jobs, workers, *plan.args, _f32(gout), glast_np, ckpt.numpy(), *plan.jobs,
+              plan.cpg_b, plan.cpg_c, LANES, grads["u"].numpy(), grads["delta"].numpy(),
               empty3 if grads["z"] is None else grads["z"].numpy(),
               parts["A"].numpy(), parts["D"].numpy(), parts["delta_bias"].numpy(),
               parts["B"].numpy() if b_sel else empty5, empty3 if b_sel else parts["B"].numpy(),
