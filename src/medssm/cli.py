@@ -61,6 +61,14 @@ def cmd_bench_scan(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_mixer(args: argparse.Namespace) -> int:
+    from medssm.bench import mixer
+
+    mixer.run(route=args.route, d_model=args.d_model, d_state=args.d_state, batch=args.batch,
+              repeats=args.repeats, threads=args.threads)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medssm", description="Mamba models for medical images and signals")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (e.g. backend choices)")
@@ -84,6 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--no-compile", action="store_true", help="skip the numba compile-time measurement")
     scan.add_argument("--no-scaling", action="store_true", help="skip the time-vs-L series and plot")
     scan.set_defaults(func=cmd_bench_scan)
+
+    mix = bench_sub.add_parser("mixer", help="multi-route vision mixer: routing vs scan time, 2D and 3D")
+    mix.add_argument("--route", default="cross", help="scan route name (default: cross)")
+    mix.add_argument("--d-model", type=int, default=48)
+    mix.add_argument("--d-state", type=int, default=16)
+    mix.add_argument("--batch", type=int, default=1)
+    mix.add_argument("--repeats", type=int, default=10)
+    mix.add_argument("--threads", type=int, default=None)
+    mix.set_defaults(func=cmd_bench_mixer)
     return parser
 
 

@@ -1,0 +1,109 @@
+"""The multi-route vision Mamba mixer: one grouped selective scan over K scan routes of an N-d token grid.
+
+For x (batch, d_model, *spatial) with spatial_dims 1, 2 or 3::
+
+    in_proj -> x, z (d_inner each)
+    x -> depthwise conv in N-d + SiLU
+    gather along the route's K orderings -> (batch, K, d_inner, T)
+    per-route x_proj -> dt (dt_rank), B, C (d_state); per-route dt_proj
+    ONE selective_scan call with B/C grouped by route (G = K): channels (k, c) use route k's B_k, C_k
+    scatter each sequence back to the grid and merge (sum, or learned per-route weights)
+    LayerNorm -> * silu(z) -> out_proj
+
+With ``route="cross"`` and spatial_dims=2 this is VMamba's SS2D (Liu et al., 2024), and it keeps SS2D's
+parameter names (``x_proj_weight`` (K, dt_rank + 2N, d_inner), ``dt_projs_weight`` (K, d_inner, dt_rank),
+``dt_projs_bias`` (K, d_inner), ``A_logs`` (K*d_inner, N), ``Ds`` (K*d_inner,), ``out_norm``) so that its
+checkpoints map onto ours (``conv2d`` is called ``conv`` here, for every spatial_dims).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..ops import selective_scan
+from ..scans import get_route
+from .mamba import init_dt_bias
+
+_CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+
+
+class MultiRouteMamba(nn.Module):
+    """Mamba mixer over K scan routes of a token grid: (batch, d_model, *spatial) -> same shape.
+
+    Args:
+        spatial_dims: 1, 2 or 3.
+        d_model: channels in and out. d_state: SSM state size N. expand: d_inner / d_model.
+        route: scan route name (``medssm.scans.list_routes()``); route_kwargs: its arguments (e.g. window).
+        d_conv: depthwise conv kernel size (odd: the conv is centred, not causal, as in VMamba).
+        dt_rank: "auto" = ceil(d_model / 16). dt_min, dt_max, dt_init_floor: dt bias initialisation.
+        merge: "sum" (VMamba) or "weighted" (a learned softmax weight per route).
+        scan_backend: selective_scan backend.
+    """
+
+    def __init__(self, spatial_dims: int, d_model: int, d_state: int = 16, expand: float = 2,
+                 route: str = "cross", route_kwargs: dict | None = None, d_conv: int = 3,
+                 dt_rank: int | str = "auto", dt_min: float = 0.001, dt_max: float = 0.1,
+                 dt_init_floor: float = 1e-4, merge: str = "sum", bias: bool = False,
+                 scan_backend: str = "auto") -> None:
+        super().__init__()
+        if spatial_dims not in _CONV:
+            raise ValueError(f"spatial_dims must be 1, 2 or 3, got {spatial_dims}")
+        if merge not in ("sum", "weighted"):
+            raise ValueError(f"merge must be 'sum' or 'weighted', got {merge!r}")
+        if d_conv % 2 != 1:
+            raise ValueError(f"d_conv must be odd (a centred depthwise conv), got {d_conv}")
+        self.spatial_dims = spatial_dims
+        self.d_model = d_model
+        self.d_state = d_state
+        self.d_inner = int(expand * d_model)
+        self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else dt_rank
+        self.route = get_route(route, **(route_kwargs or {}))
+        self.num_routes = K = self.route.num_orders(spatial_dims)
+        self.merge_mode = merge
+        self.scan_backend = scan_backend
+        d_inner, rank = self.d_inner, self.dt_rank
+
+        self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=bias)
+        self.conv = _CONV[spatial_dims](d_inner, d_inner, d_conv, padding=d_conv // 2, groups=d_inner)
+        self.x_proj_weight = nn.Parameter(torch.empty(K, rank + 2 * d_state, d_inner))
+        nn.init.uniform_(self.x_proj_weight, -d_inner**-0.5, d_inner**-0.5)  # nn.Linear's default range
+        self.dt_projs_weight = nn.Parameter(torch.empty(K, d_inner, rank))
+        nn.init.uniform_(self.dt_projs_weight, -(rank**-0.5), rank**-0.5)
+        self.dt_projs_bias = nn.Parameter(init_dt_bias(K * d_inner, dt_min, dt_max, dt_init_floor).view(K, d_inner))
+        A = torch.arange(1, d_state + 1, dtype=torch.float32).repeat(K * d_inner, 1)
+        self.A_logs = nn.Parameter(torch.log(A))  # S4D-real: A = -(1..N)
+        self.Ds = nn.Parameter(torch.ones(K * d_inner))
+        for p in (self.A_logs, self.Ds, self.dt_projs_bias):
+            p._no_weight_decay = True
+        self.route_logits = nn.Parameter(torch.zeros(K)) if merge == "weighted" else None
+        self.out_norm = nn.LayerNorm(d_inner)
+        self.out_proj = nn.Linear(d_inner, d_model, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (batch, d_model, *spatial) -> (batch, d_model, *spatial)."""
+        if x.dim() != self.spatial_dims + 2 or x.shape[1] != self.d_model:
+            raise ValueError(f"x must have shape (batch, {self.d_model}, *spatial) with {self.spatial_dims} "
+                             f"spatial dims, got {tuple(x.shape)}")
+        batch, spatial = x.shape[0], tuple(x.shape[2:])
+        xz = self.in_proj(x.movedim(1, -1))  # (batch, *spatial, 2 * d_inner)
+        u, z = xz.chunk(2, dim=-1)
+        u = F.silu(self.conv(u.movedim(-1, 1)))  # (batch, d_inner, *spatial)
+        seqs = self.route.gather(u)  # (batch, K, d_inner, T)
+        K, T = self.num_routes, seqs.shape[-1]
+        x_dbl = torch.einsum("bkdt,kcd->bkct", seqs, self.x_proj_weight)
+        dt, B, C = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=2)
+        dt = torch.einsum("bkrt,kdr->bkdt", dt, self.dt_projs_weight)  # (batch, K, d_inner, T)
+        y = selective_scan(seqs.reshape(batch, K * self.d_inner, T), dt.reshape(batch, K * self.d_inner, T),
+                           -torch.exp(self.A_logs.float()), B, C, self.Ds.float(),
+                           delta_bias=self.dt_projs_bias.reshape(-1).float(), delta_softplus=True,
+                           backend=self.scan_backend)
+        y = y.view(batch, K, self.d_inner, T)
+        if self.route_logits is not None:
+            y = y * torch.softmax(self.route_logits, 0).view(1, K, 1, 1).to(y.dtype)
+        y = self.route.merge(y, spatial)  # (batch, d_inner, *spatial)
+        y = self.out_norm(y.movedim(1, -1)) * F.silu(z)
+        return self.out_proj(y).movedim(-1, 1)
