@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from mixer_checks import check_state_dict_round_trip, decode, randomise
 
 from medssm.layers import Mamba
 
@@ -40,20 +40,7 @@ def test_parameter_names_and_shapes_match_mamba_ssm(bias):
 
 
 def test_state_dict_loads_strictly_and_round_trips_through_safetensors(tmp_path):
-    g = torch.Generator().manual_seed(1)
-    foreign = {k: torch.randn(shape, generator=g) for k, shape in MAMBA_SSM_PARAMS.items()}
-    model = make()
-    model.load_state_dict(foreign, strict=True)
-    path = tmp_path / "mamba.safetensors"
-    save_file(model.state_dict(), str(path))
-    loaded = load_file(str(path))
-    assert loaded.keys() == foreign.keys()
-    for k in foreign:
-        torch.testing.assert_close(loaded[k], foreign[k], rtol=0, atol=0)
-    fresh = make()
-    fresh.load_state_dict(loaded, strict=True)
-    x = torch.randn(1, 5, 40)
-    torch.testing.assert_close(fresh(x), model(x))
+    check_state_dict_round_trip(make, MAMBA_SSM_PARAMS, torch.randn(1, 5, 40), tmp_path)
 
 
 def test_initialisation():
@@ -74,23 +61,6 @@ def test_initialisation():
     torch.testing.assert_close(constant.dt_proj.weight.detach(), torch.full((80, 3), 2 * bound))
     with pytest.raises(ValueError, match="dt_init must be 'random' or 'constant'"):
         make(dt_init="lecun")
-
-
-def randomise(model):
-    """Move the parameters off their structured init so that decoding bugs cannot hide."""
-    g = torch.Generator().manual_seed(2)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn(p.shape, generator=g))
-    return model
-
-
-def decode(model, x, prefill):
-    """Outputs of a prefill over x[:, :prefill] then one step per remaining token."""
-    conv_state, ssm_state = model.allocate_inference_cache(x.shape[0])
-    outs = [model(x[:, :prefill], cache=(conv_state, ssm_state))] if prefill else []
-    outs += [model.step(x[:, t:t + 1], conv_state, ssm_state) for t in range(prefill, x.shape[1])]
-    return torch.cat(outs, dim=1)
 
 
 @pytest.mark.parametrize("prefill", [0, 2, 6])

@@ -3,7 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from mixer_checks import check_state_dict_round_trip, decode, randomise
 
 from medssm.layers import Mamba2
 
@@ -42,20 +42,7 @@ def test_parameter_names_and_shapes_match_mamba_ssm():
 
 
 def test_state_dict_loads_strictly_and_round_trips_through_safetensors(tmp_path):
-    g = torch.Generator().manual_seed(1)
-    foreign = {k: torch.randn(shape, generator=g) for k, shape in MAMBA_SSM_PARAMS.items()}
-    model = make()
-    model.load_state_dict(foreign, strict=True)
-    path = tmp_path / "mamba2.safetensors"
-    save_file(model.state_dict(), str(path))
-    loaded = load_file(str(path))
-    assert loaded.keys() == foreign.keys()
-    for k in foreign:
-        torch.testing.assert_close(loaded[k], foreign[k], rtol=0, atol=0)
-    fresh = make()
-    fresh.load_state_dict(loaded, strict=True)
-    x = torch.randn(1, 5, 32)
-    torch.testing.assert_close(fresh(x), model(x))
+    check_state_dict_round_trip(make, MAMBA_SSM_PARAMS, torch.randn(1, 5, 32), tmp_path)
 
 
 def test_initialisation():
@@ -76,23 +63,6 @@ def test_initialisation():
         Mamba2(32, headdim=24)
     with pytest.raises(ValueError, match="ngroups=3 must divide nheads=4"):
         Mamba2(32, headdim=16, ngroups=3)
-
-
-def randomise(model):
-    """Move the parameters off their structured init so that decoding bugs cannot hide."""
-    g = torch.Generator().manual_seed(2)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn(p.shape, generator=g))
-    return model
-
-
-def decode(model, x, prefill):
-    """Outputs of a prefill over x[:, :prefill] then one step per remaining token."""
-    conv_state, ssm_state = model.allocate_inference_cache(x.shape[0])
-    outs = [model(x[:, :prefill], cache=(conv_state, ssm_state))] if prefill else []
-    outs += [model.step(x[:, t:t + 1], conv_state, ssm_state) for t in range(prefill, x.shape[1])]
-    return torch.cat(outs, dim=1)
 
 
 VARIANTS = {

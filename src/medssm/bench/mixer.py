@@ -7,26 +7,13 @@ call on the mixer's sequence shapes), and reports routing's share of the mixer's
 
 from __future__ import annotations
 
-import statistics
-import time
-from collections.abc import Callable
-
 import torch
 
 from ..layers.vision_mamba import MultiRouteMamba
 from ..ops import selective_scan
+from .scan import median_time
 
 DEFAULT_CASES = (("2d", (64, 64)), ("3d", (32, 32, 32)))
-
-
-def _median(fn: Callable[[], object], repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def bench_case(spatial: tuple[int, ...], route: str, d_model: int, d_state: int, batch: int,
@@ -42,9 +29,9 @@ def bench_case(spatial: tuple[int, ...], route: str, d_model: int, d_state: int,
     A = -torch.exp(mixer.A_logs.detach())
     B, C = torch.randn(batch, K, d_state, T), torch.randn(batch, K, d_state, T)
     with torch.no_grad():
-        total = _median(lambda: mixer(x), repeats)
-        routing = _median(lambda: mixer.route.merge(mixer.route.gather(grid), spatial), repeats)
-        scan = _median(lambda: selective_scan(u, delta, A, B, C, mixer.Ds, delta_bias=mixer.dt_projs_bias.reshape(-1),
+        total = median_time(lambda: mixer(x), repeats)
+        routing = median_time(lambda: mixer.route.merge(mixer.route.gather(grid), spatial), repeats)
+        scan = median_time(lambda: selective_scan(u, delta, A, B, C, mixer.Ds, delta_bias=mixer.dt_projs_bias.reshape(-1),
                                               delta_softplus=True), repeats)
     return {"spatial": spatial, "route": route, "K": K, "tokens": T, "mixer_ms": total * 1e3,
             "routing_ms": routing * 1e3, "scan_ms": scan * 1e3, "routing_share": routing / total}

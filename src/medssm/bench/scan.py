@@ -85,7 +85,7 @@ def mambapy_available() -> bool:
     return True
 
 
-def _median_time(fn: Callable[[], object], repeats: int) -> float:
+def median_time(fn: Callable[[], object], repeats: int) -> float:
     fn()  # warm-up (and JIT load)
     times = []
     for _ in range(repeats):
@@ -123,7 +123,7 @@ def exp_rate(threads: int) -> float:
             for _ in range(reps):
                 torch.exp(src, out=dst)
 
-        best = max(best, size * reps / _median_time(run, 5))
+        best = max(best, size * reps / median_time(run, 5))
     return best
 
 
@@ -132,7 +132,7 @@ def copy_bandwidth(threads: int) -> float:
     torch.set_num_threads(threads)
     src = torch.rand(1 << 26)
     dst = torch.empty_like(src)
-    return 2 * src.numel() * 4 / _median_time(lambda: dst.copy_(src), 5)
+    return 2 * src.numel() * 4 / median_time(lambda: dst.copy_(src), 5)
 
 
 # ---------------------------------------------------------------- memory
@@ -240,9 +240,9 @@ def bench_shape(shape: tuple[int, int, int, int], backends: list[str], repeats: 
         n = _repeats(backend, math.prod(shape), repeats)
         row = Row(shape, backend)
         with torch.no_grad():
-            row.forward_s = _median_time(lambda c=call, v=xm: c(v), n)
+            row.forward_s = median_time(lambda c=call, v=xm: c(v), n)
         if backward:
-            row.forward_backward_s = _median_time(_forward_backward(call, xm, _NAMES), n)
+            row.forward_backward_s = median_time(_forward_backward(call, xm, _NAMES), n)
         if memory and memory_supported():
             mem = measure_memory(backend, shape, torch.get_num_threads())
             row.peak_extra_forward_mb = mem["forward_mb"]
