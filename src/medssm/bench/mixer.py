@@ -31,8 +31,9 @@ def bench_case(spatial: tuple[int, ...], route: str, d_model: int, d_state: int,
     with torch.no_grad():
         total = median_time(lambda: mixer(x), repeats)
         routing = median_time(lambda: mixer.route.merge(mixer.route.gather(grid), spatial), repeats)
-        scan = median_time(lambda: selective_scan(u, delta, A, B, C, mixer.Ds, delta_bias=mixer.dt_projs_bias.reshape(-1),
-                                              delta_softplus=True), repeats)
+        bias = mixer.dt_projs_bias.reshape(-1)
+        scan = median_time(lambda: selective_scan(u, delta, A, B, C, mixer.Ds, delta_bias=bias, delta_softplus=True),
+                           repeats)
     return {"spatial": spatial, "route": route, "K": K, "tokens": T, "mixer_ms": total * 1e3,
             "routing_ms": routing * 1e3, "scan_ms": scan * 1e3, "routing_share": routing / total}
 
