@@ -1,5 +1,6 @@
-"""Datasets for medical files (MedMNIST npz so far)."""
+"""Datasets for medical files: MedMNIST npz, UCR time-series text files."""
 
 from .medmnist import MedMNIST
+from .ucr import UCRDataset
 
-__all__ = ["MedMNIST"]
+__all__ = ["MedMNIST", "UCRDataset"]
