@@ -132,19 +132,24 @@ class Mamba(nn.Module):
             conv_state, ssm_state = cache
             self._check_cache(conv_state, ssm_state, x.shape[0])
             conv_state.copy_(last_window(x_in, self.d_conv))
-        u = causal_conv1d(x_in, self.conv1d.weight.squeeze(1), self.conv1d.bias, activation="silu")
-
-        x_dbl = self.x_proj(u.transpose(1, 2))  # (batch, L, dt_rank + 2 * d_state)
-        dt, B, C = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = (dt @ self.dt_proj.weight.t()).transpose(1, 2)  # (batch, d_inner, L); bias added in the scan
-        A = -torch.exp(self.A_log.float())
-        y = selective_scan(u, dt, A, B.transpose(1, 2), C.transpose(1, 2), self.D.float(), z=z,
-                           delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
-                           return_last_state=cache is not None, backend=self.scan_backend)
+        y = self.scan_branch(x_in, z, self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D,
+                             return_last_state=cache is not None)
         if cache is not None:
             y, last_state = y
             ssm_state.copy_(last_state)
         return self.out_proj(y.transpose(1, 2))
+
+    def scan_branch(self, x: torch.Tensor, z: torch.Tensor, conv1d: nn.Conv1d, x_proj: nn.Linear, dt_proj: nn.Linear,
+                    A_log: torch.Tensor, D: torch.Tensor, return_last_state: bool = False):
+        """One scan direction on x and gate z (batch, d_inner, L): causal conv + SiLU, x_proj, dt_proj, gated
+        selective scan -> (batch, d_inner, L) (and the last state); the parameters are passed so that
+        bidirectional variants (Vim's ``*_b`` branch) reuse it."""
+        u = causal_conv1d(x, conv1d.weight.squeeze(1), conv1d.bias, activation="silu")
+        dt, B, C = x_proj(u.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = (dt @ dt_proj.weight.t()).transpose(1, 2)  # (batch, d_inner, L); the bias is added in the scan
+        return selective_scan(u, dt, -torch.exp(A_log.float()), B.transpose(1, 2), C.transpose(1, 2), D.float(),
+                              z=z, delta_bias=dt_proj.bias.float(), delta_softplus=True,
+                              return_last_state=return_last_state, backend=self.scan_backend)
 
     def step(self, x: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor) -> torch.Tensor:
         """Decode one token, updating both caches in place.
