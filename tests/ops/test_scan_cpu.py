@@ -127,3 +127,21 @@ def test_gradient_flows_through_the_last_state_as_in_the_reference(output_weight
         if want is None:  # the last state does not depend on C, D or z: autograd gives None, the kernel zeros
             want = torch.zeros_like(got)
         torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3, msg=name)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_works_in_a_forked_child_after_the_parent_used_threads():
+    """A DataLoader worker or multiprocessing child inherits the parent's thread pool without its threads."""
+    import multiprocessing
+
+    x = mamba_like(1, 70, 4, 40)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        expected = scan(x)  # the parent now holds a thread pool
+        ctx = multiprocessing.get_context("fork")
+        with ctx.Pool(1) as pool:
+            got = pool.apply_async(scan, (x,)).get(timeout=60)  # without a fresh pool the child hangs
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(got, expected)

@@ -445,7 +445,7 @@ class _Plan:
         self.n_jobs = len(self.jobs[0])
 
 
-_POOL: ThreadPoolExecutor | None = None
+_POOL: tuple[int, ThreadPoolExecutor] | None = None  # (owning process id, pool)
 
 
 def _workers(n_jobs: int) -> int:
@@ -464,9 +464,11 @@ def _run_jobs(kernel, n_jobs: int, workers: int, *args, with_tid: bool = False) 
     global _POOL
     bounds = [n_jobs * i // workers for i in range(workers + 1)]
     ranges = [(bounds[i], bounds[i + 1]) + ((i,) if with_tid else ()) for i in range(workers)]
-    if workers > 1 and (_POOL is None or _POOL._max_workers < workers - 1):
-        _POOL = ThreadPoolExecutor(max_workers=max(workers, os.cpu_count() or 1) - 1, thread_name_prefix="medssm")
-    futures = [_POOL.submit(kernel, *r, *args) for r in ranges[1:]] if workers > 1 else []
+    if workers > 1 and (_POOL is None or _POOL[0] != os.getpid() or _POOL[1]._max_workers < workers - 1):
+        # a pool inherited through fork has no threads in the child: make a new one per process
+        pool = ThreadPoolExecutor(max_workers=max(workers, os.cpu_count() or 1) - 1, thread_name_prefix="medssm")
+        _POOL = (os.getpid(), pool)
+    futures = [_POOL[1].submit(kernel, *r, *args) for r in ranges[1:]] if workers > 1 else []
     kernel(*ranges[0], *args)
     for future in futures:
         future.result()
