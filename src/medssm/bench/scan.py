@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -223,7 +223,6 @@ class Row:
     forward_backward_s: float | None = None
     peak_extra_forward_mb: float | None = None
     peak_extra_forward_backward_mb: float | None = None
-    extra: dict = field(default_factory=dict)
 
 
 def _repeats(backend: str, work: int, repeats: int) -> int:
