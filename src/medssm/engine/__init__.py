@@ -1,0 +1,1 @@
+"""Training, evaluation, prediction, metrics, checkpoints, distributed set-up, reports and plots."""
