@@ -80,3 +80,25 @@ def test_bad_input_is_rejected():
         mixer(torch.randn(1, 8, 5))
     with pytest.raises(ValueError, match="spatial_dims"):
         MultiRouteMamba(4, 8)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_keeps_the_scan_in_fp32(dtype, monkeypatch):
+    import medssm.layers.vision_mamba as module
+
+    seen = []
+    original = module.selective_scan
+
+    def spy(u, delta, *args, **kwargs):
+        seen.append((u.dtype, delta.dtype))
+        return original(u, delta, *args, **kwargs)
+
+    monkeypatch.setattr(module, "selective_scan", spy)
+    torch.manual_seed(0)
+    mixer, x = MultiRouteMamba(2, 16, d_state=8), torch.randn(2, 16, 7, 9)
+    expected = mixer(x)
+    with torch.autocast("cpu", dtype=dtype):
+        out = mixer(x)
+    assert seen[-1] == (torch.float32, torch.float32)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out.float(), expected, rtol=0.05, atol=0.05)

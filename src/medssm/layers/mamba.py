@@ -145,11 +145,15 @@ class Mamba(nn.Module):
         selective scan -> (batch, d_inner, L) (and the last state); the parameters are passed so that
         bidirectional variants (Vim's ``*_b`` branch) reuse it."""
         u = causal_conv1d(x, conv1d.weight.squeeze(1), conv1d.bias, activation="silu")
-        dt, B, C = x_proj(u.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = (dt @ dt_proj.weight.t()).transpose(1, 2)  # (batch, d_inner, L); the bias is added in the scan
-        return selective_scan(u, dt, -torch.exp(A_log.float()), B.transpose(1, 2), C.transpose(1, 2), D.float(),
-                              z=z, delta_bias=dt_proj.bias.float(), delta_softplus=True,
-                              return_last_state=return_last_state, backend=self.scan_backend)
+        # Under mixed precision the projections feeding the scan and the scan itself stay in fp32: a half-
+        # precision delta or scan output is where NaN/Inf appear (VMamba#138, U-Mamba#8).
+        with torch.autocast(u.device.type, enabled=False):
+            u = u.to(x_proj.weight.dtype)  # fp32 weights under autocast; a module cast to bf16 stays bf16
+            dt, B, C = x_proj(u.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+            dt = (dt @ dt_proj.weight.t()).transpose(1, 2)  # (batch, d_inner, L); the bias is added in the scan
+            return selective_scan(u, dt, -torch.exp(A_log.float()), B.transpose(1, 2), C.transpose(1, 2),
+                                  D.float(), z=z, delta_bias=dt_proj.bias.float(), delta_softplus=True,
+                                  return_last_state=return_last_state, backend=self.scan_backend)
 
     def step(self, x: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor) -> torch.Tensor:
         """Decode one token, updating both caches in place.

@@ -92,15 +92,17 @@ class MultiRouteMamba(nn.Module):
         xz = self.in_proj(x.movedim(1, -1))  # (batch, *spatial, 2 * d_inner)
         u, z = xz.chunk(2, dim=-1)
         u = F.silu(self.conv(u.movedim(-1, 1)))  # (batch, d_inner, *spatial)
-        seqs = self.route.gather(u)  # (batch, K, d_inner, T)
-        K, T = self.num_routes, seqs.shape[-1]
-        x_dbl = torch.einsum("bkdt,kcd->bkct", seqs, self.x_proj_weight)
-        dt, B, C = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=2)
-        dt = torch.einsum("bkrt,kdr->bkdt", dt, self.dt_projs_weight)  # (batch, K, d_inner, T)
-        y = selective_scan(seqs.reshape(batch, K * self.d_inner, T), dt.reshape(batch, K * self.d_inner, T),
-                           -torch.exp(self.A_logs.float()), B, C, self.Ds.float(),
-                           delta_bias=self.dt_projs_bias.reshape(-1).float(), delta_softplus=True,
-                           backend=self.scan_backend)
+        # Under mixed precision the projections feeding the scan and the scan itself stay in fp32 (VMamba#138).
+        with torch.autocast(u.device.type, enabled=False):
+            seqs = self.route.gather(u.to(self.x_proj_weight.dtype))  # (batch, K, d_inner, T), fp32 unless cast
+            K, T = self.num_routes, seqs.shape[-1]
+            x_dbl = torch.einsum("bkdt,kcd->bkct", seqs, self.x_proj_weight)
+            dt, B, C = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=2)
+            dt = torch.einsum("bkrt,kdr->bkdt", dt, self.dt_projs_weight)  # (batch, K, d_inner, T)
+            y = selective_scan(seqs.reshape(batch, K * self.d_inner, T), dt.reshape(batch, K * self.d_inner, T),
+                               -torch.exp(self.A_logs.float()), B, C, self.Ds.float(),
+                               delta_bias=self.dt_projs_bias.reshape(-1).float(), delta_softplus=True,
+                               backend=self.scan_backend)
         y = y.view(batch, K, self.d_inner, T)
         if self.route_logits is not None:
             y = y * torch.softmax(self.route_logits, 0).view(1, K, 1, 1).to(y.dtype)
