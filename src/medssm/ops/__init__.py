@@ -5,7 +5,7 @@ This package imports nothing from the rest of medssm.
 
 from .causal_conv1d import causal_conv1d, causal_conv1d_update
 from .scan_reference import selective_scan_reference
-from .selective_scan import available_backends, resolve_backend, selective_scan
+from .selective_scan import available_backends, count_scan_flops, resolve_backend, selective_scan
 from .ssd import ssd_chunk_scan, ssd_reference
 from .state_update import selective_state_update
 
@@ -13,6 +13,7 @@ __all__ = [
     "available_backends",
     "causal_conv1d",
     "causal_conv1d_update",
+    "count_scan_flops",
     "resolve_backend",
     "selective_scan",
     "selective_scan_reference",

@@ -11,8 +11,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
+from collections.abc import Iterator
 
 import torch
 
@@ -21,6 +23,30 @@ from ._checks import check_scan_args
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("reference", "torch", "cpu")
+
+
+class ScanFlops:
+    """Running total of selective-scan FLOPs inside :func:`count_scan_flops`."""
+
+    def __init__(self) -> None:
+        self.flops = 0
+
+
+_flop_counters: list[ScanFlops] = []
+
+
+@contextlib.contextmanager
+def count_scan_flops() -> Iterator[ScanFlops]:
+    """Count the FLOPs of every selective_scan call in the block: 9 per (batch, d, L, N) element of the
+    recurrence (exp, the two products of the update, the add, and the C product and sum), plus one per
+    (batch, d, L) element each for the D skip and the z gate (mamba_ssm's convention). Fused kernels are
+    invisible to torch's FlopCounterMode, so model FLOP counts add this."""
+    counter = ScanFlops()
+    _flop_counters.append(counter)
+    try:
+        yield counter
+    finally:
+        _flop_counters.remove(counter)
 
 
 def _numba_available() -> bool:
@@ -72,6 +98,11 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     out = (y + D u) * silu(z), cast back to u's dtype.
     """
     check_scan_args(u, delta, A, B, C, D, z, delta_bias)
+    if _flop_counters:
+        batch, d, length = u.shape
+        flops = 9 * batch * d * length * A.shape[1] + batch * d * length * ((D is not None) + (z is not None))
+        for counter in _flop_counters:
+            counter.flops += flops
     name = resolve_backend(backend, u.device)
     if name == "reference":
         from .scan_reference import selective_scan_reference as fn
