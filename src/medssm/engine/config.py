@@ -1,0 +1,212 @@
+"""Training configs: small dataclasses loaded from YAML, with dotted command-line overrides.
+
+A config file has up to five sections (see ``configs/*.yaml``)::
+
+    model:     {name: mini_mamba_unet, args: {features: [16, 32, 64, 128]}}
+    data:      {name: synthetic, args: {...}, train_split: train, val_split: val, test_split: test}
+    transforms: {modality: raster, patch_size: [64, 64], flips: true, rotations: true}
+    train:     {max_steps: 300, batch_size: 8, lr: 1.0e-3, ...}
+    inference: {roi_size: null, overlap: 0.25, tta: false}
+
+Overrides are ``section.key=value`` strings (``train.lr=3e-4``, ``data.args.root=/data/drive``); the value
+is parsed as YAML, so numbers, booleans, lists and null work. The resolved config is saved next to the
+checkpoints, and a resumed run reloads it from there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .files import write_text_atomic
+
+
+@dataclass
+class ModelConfig:
+    name: str = "mini_mamba_unet"
+    args: dict[str, Any] = field(default_factory=dict)  # spatial_dims/in/out channels default from the data
+
+
+@dataclass
+class DataConfig:
+    name: str = "synthetic"  # a medssm.data.build_dataset name
+    args: dict[str, Any] = field(default_factory=dict)
+    train_split: str = "train"
+    val_split: str = "val"
+    test_split: str = "test"
+
+
+@dataclass
+class TransformConfig:
+    modality: str = "raster"  # raster | ct | mr | signal: the intensity normalisation
+    patch_size: list[int] | None = None  # random crops for dense tasks; also the sliding-window roi by default
+    flips: bool = True
+    rotations: bool = True
+    pos_neg_ratio: float = 1.0  # foreground oversampling of the random crops
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int | None = None  # the run length in optimizer steps; or give epochs
+    epochs: int | None = None
+    batch_size: int = 8  # the global batch: split evenly across DDP processes
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.01  # the cosine schedule ends at lr * min_lr_ratio
+    grad_clip: float | None = 1.0
+    amp: str = "none"  # none | bf16 | fp16 (autocast on the network; the selective scan stays fp32)
+    loss: str = "auto"  # auto | dice_ce | ce | bce | l1 | mse
+    seed: int = 0
+    deterministic: bool = False  # torch.use_deterministic_algorithms
+    val_every: int = 100  # steps between validations (and at the end)
+    checkpoint_every: int = 50  # steps between checkpoints of the resumable state
+    log_every: int = 10
+    early_stopping: int = 0  # stop after this many validations without improvement; 0 = never
+    num_workers: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+
+
+@dataclass
+class InferenceConfig:
+    roi_size: list[int] | None = None  # sliding-window size; default: transforms.patch_size for dense tasks
+    overlap: float = 0.25
+    sw_batch_size: int = 4
+    tta: bool = False  # average over flips of every spatial axis
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    transforms: TransformConfig = field(default_factory=TransformConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+AMP_MODES = ("none", "bf16", "fp16")
+MODALITIES = ("raster", "ct", "mr", "signal")
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
+    """Build a Config, rejecting unknown sections and keys (naming them and the source)."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    sections = {f.name: f.type for f in dataclasses.fields(Config)}
+    unknown = sorted(set(raw) - set(sections))
+    if unknown:
+        raise ValueError(f"{source}: unknown section(s) {unknown}; expected {sorted(sections)}")
+    parts = {}
+    for f in dataclasses.fields(Config):
+        cls = f.default_factory
+        values = raw.get(f.name) or {}
+        if not isinstance(values, dict):
+            raise ValueError(f"{source}: section {f.name!r} must be a mapping, got {values!r}")
+        keys = {g.name for g in dataclasses.fields(cls)}
+        bad = sorted(set(values) - keys)
+        if bad:
+            raise ValueError(f"{source}: unknown key(s) {bad} in section {f.name!r}; expected {sorted(keys)}")
+        parts[f.name] = cls(**{g.name: _coerce(values[g.name], str(g.type), f"{f.name}.{g.name}", source)
+                               for g in dataclasses.fields(cls) if g.name in values})
+    config = Config(**parts)
+    _validate(config, source)
+    return config
+
+
+def _coerce(value: Any, annotation: str, where: str, source: str) -> Any:
+    """Check ``value`` against the field's annotation (e.g. "float", "list[int] | None"). Numbers written
+    like ``3e-4`` are strings to YAML 1.1, so strings that parse as the expected number are converted."""
+    options = [a.strip() for a in annotation.split("|")]
+    if value is None:
+        if "None" in options:
+            return None
+        raise ValueError(f"{source}: {where} must not be null")
+    base = options[0]
+    if base == "float" and not isinstance(value, bool):
+        if isinstance(value, (int, float)):
+            return float(value)
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            pass
+    elif base == "int" and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    elif base == "bool" and isinstance(value, bool):
+        return value
+    elif base == "str" and isinstance(value, str):
+        return value
+    elif base == "list[int]" and isinstance(value, (list, tuple)) and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return list(value)
+    elif base.startswith("dict") and isinstance(value, dict):
+        return value
+    raise ValueError(f"{source}: {where} must be {annotation}, got {value!r}")
+
+
+def _validate(config: Config, source: str) -> None:
+    train = config.train
+    if (train.max_steps is None) == (train.epochs is None):
+        raise ValueError(f"{source}: give exactly one of train.max_steps and train.epochs")
+    for name in ("max_steps", "epochs"):
+        value = getattr(train, name)
+        if value is not None and value < 1:
+            raise ValueError(f"{source}: train.{name} must be a positive integer, got {value!r}")
+    if train.amp not in AMP_MODES:
+        raise ValueError(f"{source}: train.amp must be one of {AMP_MODES}, got {train.amp!r}")
+    if config.transforms.modality not in MODALITIES:
+        raise ValueError(f"{source}: transforms.modality must be one of {MODALITIES}, "
+                         f"got {config.transforms.modality!r}")
+    for name in ("batch_size", "val_every", "checkpoint_every", "log_every"):
+        if getattr(train, name) < 1:
+            raise ValueError(f"{source}: train.{name} must be >= 1, got {getattr(train, name)}")
+    if not 0 <= config.inference.overlap < 1:
+        raise ValueError(f"{source}: inference.overlap must be in [0, 1), got {config.inference.overlap}")
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set ``a.b.c=value`` entries (value parsed as YAML) in a nested dict, creating mappings as needed."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ValueError(f"override {item!r} must look like section.key=value")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise ValueError(f"override {item!r}: cannot parse the value as YAML ({error})") from error
+        node = raw
+        *parents, last = key.split(".")
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[last] = value
+    return raw
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (or start from the defaults), apply overrides and validate."""
+    raw: dict[str, Any] = {}
+    source = "command-line overrides"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} does not exist")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ValueError(f"{path}: not valid YAML ({error})") from error
+    raw = apply_overrides(raw, overrides or [])
+    return config_from_dict(raw, source)
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML (atomically)."""
+    write_text_atomic(path, yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+import pytest
+
+from medssm.engine.distributed import DistInfo, ShardedBatchSampler, shard_indices
+
+
+def test_ranks_split_each_global_batch_of_the_single_process_order():
+    single = list(ShardedBatchSampler(50, 8, DistInfo(), seed=3))
+    ranks = [list(ShardedBatchSampler(50, 8, DistInfo(r, 2), seed=3)) for r in range(2)]
+    assert len(single) == 50 // 8
+    for step, batch in enumerate(single):
+        assert sorted(ranks[0][step] + ranks[1][step]) == sorted(batch)
+        assert len(ranks[0][step]) == len(ranks[1][step]) == 4
+
+
+def test_epochs_reshuffle_and_resume_skips_consumed_batches():
+    sampler = ShardedBatchSampler(40, 4, DistInfo(), seed=0)
+    first = list(sampler)
+    sampler.set_epoch(1)
+    second = list(sampler)
+    assert first != second and sorted(sum(first, [])) == sorted(sum(second, [])) == list(range(40))
+    sampler.set_epoch(1, start_batch=3)
+    assert list(sampler) == second[3:] and len(sampler) == 7
+
+
+def test_errors_and_eval_shards():
+    with pytest.raises(ValueError, match="multiple of the number of processes"):
+        ShardedBatchSampler(10, 3, DistInfo(0, 2), seed=0)
+    with pytest.raises(ValueError, match="fewer than train.batch_size"):
+        ShardedBatchSampler(3, 4, DistInfo(), seed=0)
+    assert shard_indices(5, DistInfo(1, 2)) == [1, 3] and shard_indices(5, DistInfo(0, 2)) == [0, 2, 4]
