@@ -1,6 +1,45 @@
-"""Datasets for medical files: MedMNIST npz, UCR time-series text files."""
+"""Datasets and transform presets for medical files.
 
+Every dataset is a torch ``Dataset`` of item dicts: "image" float32 (C, *spatial); "label" int64
+(1, *spatial) for segmentation, int64 scalar for classification, float32 (K,) for multi-label, float32
+(C, *spatial) for restoration; optional "fov" uint8 (1, *spatial) and "name" str (plus "affine" and "spacing"
+from NIfTI folders). Each has ``task``, ``spatial_dims``, ``in_channels``, ``num_classes`` and takes
+``split`` ("train" | "val" | "test") and ``transform`` (applied to the item dict).
+"""
+
+from .build import DATASETS, build_dataset
+from .folders import ImageMaskFolder, read_fov, read_mask, to_unit_range
+from .io import LoadedImage, image_kind, load_image, read_raster
 from .medmnist import MedMNIST
-from .ucr import UCRDataset
+from .nnunet import NnUNetDataset
+from .splits import SPLITS, load_split_file, seeded_split, select_cases
+from .synthetic import SyntheticSegmentation
+from .transforms import eval_transforms, train_transforms
+from .ucr import UCRDataset, read_ucr_file
+from .wfdb import AAMI_CLASSES, WFDBBeats
 
-__all__ = ["MedMNIST", "UCRDataset"]
+__all__ = [
+    "AAMI_CLASSES",
+    "DATASETS",
+    "SPLITS",
+    "ImageMaskFolder",
+    "LoadedImage",
+    "MedMNIST",
+    "NnUNetDataset",
+    "SyntheticSegmentation",
+    "UCRDataset",
+    "WFDBBeats",
+    "build_dataset",
+    "eval_transforms",
+    "image_kind",
+    "load_image",
+    "load_split_file",
+    "read_fov",
+    "read_mask",
+    "read_raster",
+    "read_ucr_file",
+    "seeded_split",
+    "select_cases",
+    "to_unit_range",
+    "train_transforms",
+]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,9 +62,11 @@ def image_kind(path: str | Path) -> str:
 def load_image(path: str | Path) -> LoadedImage:
     """Load a raster image, NIfTI file, DICOM file or DICOM series folder.
 
-    Returns a :class:`LoadedImage` whose array is (channels, H, W) for raster images and 2D DICOM, and
-    (channels, *spatial) in the file's voxel order for volumes. Raises FileNotFoundError for a missing path
-    and ValueError naming the file for an unsupported, unreadable or truncated one.
+    Returns a :class:`LoadedImage` whose array is (channels, H, W) for raster images, and (channels, *spatial)
+    in MONAI's voxel order (i, j[, k]) for NIfTI and DICOM, the order the affine describes. For DICOM that
+    order is (column, row[, slice]): a 2D DICOM comes out as the transpose of pydicom's ``pixel_array``
+    (rescale slope/intercept applied). Raises FileNotFoundError for a missing path and ValueError naming the
+    file for an unsupported, unreadable or truncated one.
     """
     path = Path(path)
     if not path.exists():
@@ -74,31 +77,35 @@ def load_image(path: str | Path) -> LoadedImage:
     return _load_volume(path, kind)
 
 
-def read_raster(path: Path, mode: str | None = None) -> np.ndarray:
+def read_raster(path: str | Path, mode: str | None = None) -> np.ndarray:
     """Pixels of a raster file as a NumPy array (H, W) or (H, W, C); ``mode`` converts first (e.g. "L", "RGB").
 
     Palette images are returned as palette indices unless a mode is given. Truncated or corrupt files raise
     ValueError naming the file.
     """
+    return _read_raster(Path(path), lambda source_mode: mode)[0]
+
+
+def _read_raster(path: Path, choose_mode: Callable[[str], str | None]) -> tuple[np.ndarray, str]:
+    """Pixels converted to ``choose_mode(source_mode)`` (None: as stored), and the source mode."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
+            source_mode = image.mode
+            mode = choose_mode(source_mode)
             if mode is not None and image.mode != mode:
                 image = image.convert(mode)
-            return np.array(image)
+            return np.array(image), source_mode
     except (OSError, UnidentifiedImageError, SyntaxError) as error:
+        # A cut header fails in Image.open (UnidentifiedImageError), cut pixel data in decoding (OSError).
         raise ValueError(f"{path}: cannot read image ({error})") from error
 
 
 def _load_raster(path: Path) -> LoadedImage:
-    from PIL import Image
-
-    with Image.open(path) as probe:
-        source_mode = probe.mode
     # Grey stays one channel (keeping 16-bit and float depth); colour and palette images become RGB.
-    mode = None if source_mode in ("L", "I", "I;16", "I;16B", "F", "1") else "RGB"
-    pixels = read_raster(path, mode)
+    pixels, source_mode = _read_raster(
+        path, lambda source: None if source in ("L", "I", "I;16", "I;16B", "F", "1") else "RGB")
     array = pixels.astype(np.float32)
     array = array[None] if array.ndim == 2 else np.moveaxis(array, -1, 0)
     return LoadedImage(torch.from_numpy(np.ascontiguousarray(array)), path, "raster", np.eye(4), (1.0, 1.0),
@@ -117,14 +124,17 @@ def _quiet_monai_logs():
 
 
 def _load_volume(path: Path, kind: str) -> LoadedImage:
+    from monai.data import NibabelReader, PydicomReader
     from monai.transforms import LoadImage
 
-    reader = "NibabelReader" if kind == "nifti" else "PydicomReader"
     try:
         with warnings.catch_warnings(), _quiet_monai_logs():
             warnings.simplefilter("ignore")  # reader plug-in notices (nvImageCodec) are not the user's concern
-            loader = LoadImage(reader=reader, image_only=False, ensure_channel_first=True, dtype=np.float32)
-            array, meta = loader(str(path))
+            # The reader is given at call time so that LoadImage uses it alone: its own error (EOFError,
+            # InvalidDicomError, ...) then reaches the message instead of a page of fallback-reader tracebacks.
+            reader = NibabelReader() if kind == "nifti" else PydicomReader()
+            loader = LoadImage(image_only=False, ensure_channel_first=True, dtype=np.float32)
+            array, meta = loader(str(path), reader=reader)
     except Exception as error:  # the readers raise many types (EOFError, InvalidDicomError, ...)
         raise ValueError(f"{path}: cannot read {kind} image ({type(error).__name__}: {error})") from error
     affine = np.asarray(meta["affine"], dtype=np.float64)
