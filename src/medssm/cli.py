@@ -69,6 +69,105 @@ def cmd_bench_mixer(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from medssm.engine.config import load_config
+    from medssm.engine.trainer import train
+
+    if args.resume and (args.config or args.overrides):
+        raise ValueError("--resume continues a run with its saved config; do not pass --config or overrides")
+    config = None if args.resume else load_config(resolve_config(args.config), args.overrides)
+    summary = train(config, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+    if int(os.environ.get("RANK", "0")) == 0:
+        best = summary["best"]
+        print(f"finished at step {summary['step']}: best {summary['best_metric']} "
+              f"{best if best is None else round(best, 4)} at step {summary['best_step']}; run folder {args.out}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from medssm.engine.evaluate import evaluate
+    from medssm.engine.trainer import resolve_run_checkpoint
+
+    checkpoint = resolve_run_checkpoint(args.checkpoint)
+    overrides = list(args.overrides)
+    if args.tta:
+        overrides.append("inference.tta=true")
+    if args.roi_size:
+        overrides.append(f"inference.roi_size={list(args.roi_size)}")
+    out = args.out or Path(args.checkpoint) / f"eval-{args.split or 'test'}"
+    metrics = evaluate(checkpoint, out, split=args.split, overrides=overrides, overwrite=args.overwrite)
+    width = max(len(k) for k in metrics)
+    for key, value in metrics.items():
+        print(f"{key:<{width}}  {value:.4f}")
+    print(f"report: {out}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from medssm.engine.predict import predict_checkpoint
+    from medssm.engine.trainer import resolve_run_checkpoint
+
+    written = predict_checkpoint(resolve_run_checkpoint(args.checkpoint), args.input, args.output,
+                                 probabilities=args.probabilities, overwrite=args.overwrite, tta=args.tta,
+                                 roi_size=args.roi_size)
+    print(f"wrote {len(written)} file(s) under {args.output}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from medssm.models import count_flops, count_parameters, create_model, get_entry, list_models
+
+    names = list_models(args.pattern, task=args.task)
+    if not names:
+        print(f"no registered model matches {args.pattern!r}")
+        return 1
+    print(f"{'model':<28} {'task':<15} {'dims':<6} {'params':>10} {'GFLOPs':>8}  input (per spatial_dims)")
+    for name in names:
+        entry = get_entry(name)
+        dims = entry.spatial_dims[-1] if args.spatial_dims is None else args.spatial_dims
+        if dims not in entry.spatial_dims:
+            continue
+        model = create_model(name, spatial_dims=dims)
+        example = torch.randn(1, 1, *entry.input_size[dims])
+        flops = count_flops(model, example) / 1e9
+        dims_text = ",".join(str(d) for d in entry.spatial_dims)
+        size = "x".join(str(n) for n in entry.input_size[dims])
+        print(f"{name:<28} {entry.task:<15} {dims_text:<6} {count_parameters(model):>10,} {flops:>8.3f}  "
+              f"{size} ({dims}D)  {entry.summary}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from medssm.engine.demo import run_demo
+
+    run_demo(args.out, overwrite=args.overwrite, steps=args.steps, progress=not args.no_progress)
+    return 0
+
+
+def resolve_config(name: str | None) -> Path | None:
+    """A config path, or the name of a config shipped with medssm (``medssm train --config demo``)."""
+    if name is None:
+        return None
+    path = Path(name)
+    if path.exists() or path.suffix in (".yaml", ".yml"):
+        return path
+    builtin = Path(__file__).parent / "configs" / f"{name}.yaml"
+    if builtin.is_file():
+        return builtin
+    shipped = sorted(p.stem for p in (Path(__file__).parent / "configs").glob("*.yaml"))
+    raise FileNotFoundError(f"--config {name!r} is neither a file nor a shipped config ({', '.join(shipped)})")
+
+
+def _roi(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"--roi-size expects positive integers like 96,96 (got {text!r})")
+    return values
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medssm", description="Mamba models for medical images and signals")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (e.g. backend choices)")
@@ -101,6 +200,50 @@ def build_parser() -> argparse.ArgumentParser:
     mix.add_argument("--repeats", type=int, default=10)
     mix.add_argument("--threads", type=int, default=None)
     mix.set_defaults(func=cmd_bench_mixer)
+
+    tr = sub.add_parser("train", help="train a model from a YAML config (torchrun for several processes)",
+                        description="Train from --config (a file or a shipped name) with key=value overrides, "
+                                    "e.g. `medssm train --config demo train.max_steps=50 --out runs/x`.")
+    tr.add_argument("--config", help="YAML config file, or the name of a shipped config (e.g. demo)")
+    tr.add_argument("--out", type=Path, required=True, help="run folder (config, log, curves, checkpoints)")
+    tr.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    tr.add_argument("--overwrite", action="store_true", help="delete an existing run in --out and start again")
+    tr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    tr.add_argument("overrides", nargs="*", help="section.key=value (YAML value), e.g. train.lr=3e-4")
+    tr.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("evaluate", help="metrics, per-case table and overlays for a checkpoint on a split")
+    ev.add_argument("--checkpoint", type=Path, required=True, help="run folder or checkpoint folder")
+    ev.add_argument("--split", default=None, help="dataset split (default: the config's test split)")
+    ev.add_argument("--out", type=Path, default=None, help="report folder (default: <checkpoint>/eval-<split>)")
+    ev.add_argument("--tta", action="store_true", help="flip test-time augmentation")
+    ev.add_argument("--roi-size", type=_roi, default=None, help="sliding-window size, e.g. 96,96")
+    ev.add_argument("--overwrite", action="store_true", help="replace an existing report")
+    ev.add_argument("overrides", nargs="*", help="config overrides, e.g. data.args.root=/data/drive")
+    ev.set_defaults(func=cmd_evaluate)
+
+    pr = sub.add_parser("predict", help="predict masks/labels for a file or a folder, written in the input format")
+    pr.add_argument("--checkpoint", type=Path, required=True, help="run folder or checkpoint folder")
+    pr.add_argument("--input", type=Path, required=True, help="NIfTI/DICOM/PNG file, DICOM series or folder")
+    pr.add_argument("--output", type=Path, required=True, help="output file (single input) or folder")
+    pr.add_argument("--probabilities", action="store_true", help="also write per-class probabilities")
+    pr.add_argument("--tta", action="store_true", help="flip test-time augmentation")
+    pr.add_argument("--roi-size", type=_roi, default=None, help="sliding-window size (default: the config's)")
+    pr.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    pr.set_defaults(func=cmd_predict)
+
+    mo = sub.add_parser("models", help="registered models with parameters and FLOPs")
+    mo.add_argument("pattern", nargs="?", default="*", help="shell-style name pattern")
+    mo.add_argument("--task", default=None, help="segmentation, classification or restoration")
+    mo.add_argument("--spatial-dims", type=int, default=None, help="count for this spatial_dims (default: highest)")
+    mo.set_defaults(func=cmd_models)
+
+    de = sub.add_parser("demo", help="train, evaluate and predict on generated data (a few minutes on a CPU)")
+    de.add_argument("--out", type=Path, default=Path("medssm-demo"), help="output folder (default: medssm-demo)")
+    de.add_argument("--steps", type=int, default=None, help="training steps (default: the demo config's)")
+    de.add_argument("--overwrite", action="store_true", help="replace an existing demo folder")
+    de.add_argument("--no-progress", action="store_true", help="no progress bar")
+    de.set_defaults(func=cmd_demo)
     return parser
 
 
@@ -108,7 +251,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as error:
+        if args.verbose:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -44,8 +44,8 @@ class DataConfig:
 class TransformConfig:
     modality: str = "raster"  # raster | ct | mr | signal: the intensity normalisation
     patch_size: list[int] | None = None  # random crops for dense tasks; also the sliding-window roi by default
-    flips: bool = True
-    rotations: bool = True
+    flips: bool | None = None  # None: on for dense tasks, off for classification and 1D signals
+    rotations: bool | None = None
     pos_neg_ratio: float = 1.0  # foreground oversampling of the random crops
 
 

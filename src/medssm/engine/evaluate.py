@@ -1,0 +1,77 @@
+"""Evaluate a checkpoint on a dataset split: metrics (JSON + Markdown + per-case CSV) and an overlay PNG.
+
+The dataset, transforms and inference settings default to those saved in the checkpoint's config, so
+``medssm evaluate --checkpoint RUN`` scores the run's own test split; overrides change any of them (e.g.
+another data root, sliding-window size or flip test-time augmentation).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import load_model
+from .config import apply_overrides, config_from_dict
+from .distributed import DistInfo
+from .files import check_output
+from .trainer import build_split, evaluation_loader, roi_size
+
+logger = logging.getLogger(__name__)
+
+
+def evaluate(checkpoint: str | Path, out_dir: str | Path, split: str | None = None,
+             overrides: list[str] | None = None, overwrite: bool = False, max_overlays: int = 8,
+             device: str = "cpu") -> dict[str, float]:
+    """Score ``checkpoint`` on ``split`` (default: the config's test split) and write the report to
+    ``out_dir``: metrics.json, metrics.md, per_case.csv, predictions.png. Returns the metrics."""
+    from .inference import infer
+    from .metrics import Metrics
+    from .report import plot_overlays, write_metrics
+
+    out_dir = Path(out_dir)
+    for name in ("metrics.json", "metrics.md", "per_case.csv", "predictions.png"):
+        check_output(out_dir / name, overwrite, "report file")
+    model, meta = load_model(checkpoint, device)
+    config = config_from_dict(apply_overrides(meta["config"], overrides or []), f"{checkpoint} config")
+    split = split or config.data.test_split
+    dataset, transform = build_split(config, split, train=False)
+    task, num_classes = meta["task"], meta["num_classes"]
+    if dataset.task != task:
+        raise ValueError(f"checkpoint {checkpoint} was trained for {task} but the {split} split is {dataset.task}")
+    loader = evaluation_loader(dataset, transform, task, config.train.batch_size, DistInfo(), 0)
+    dense = task in ("segmentation", "restoration")
+    total = Metrics(task, num_classes, spacing=None)
+    per_case: list[dict[str, Any]] = []
+    examples: dict[str, list[torch.Tensor]] = {"images": [], "targets": [], "predictions": []}
+    names: list[str] = []
+    inf = config.inference
+    for index, batch in enumerate(loader):
+        output = infer(model, batch["image"].to(device), task, roi_size=roi_size(config, task),
+                       overlap=inf.overlap, sw_batch_size=inf.sw_batch_size, tta_flips=inf.tta).float().cpu()
+        fov = batch.get("fov")
+        total.update(output, batch["label"], fov=fov)
+        if dense:  # one case per batch: a per-case row
+            case = Metrics(task, num_classes)
+            case.update(output, batch["label"], fov=fov)
+            name = batch["name"][0] if "name" in batch else f"case_{index:04d}"
+            per_case.append({"case": name, **case.compute()})
+            if len(examples["images"]) < max_overlays:
+                prediction = output.argmax(1, keepdim=True) if task == "segmentation" else output
+                examples["images"].append(batch["image"][0])
+                examples["targets"].append(batch["label"][0])
+                examples["predictions"].append(prediction[0])
+                names.append(name)
+    metrics = total.compute()
+    info = {"checkpoint": str(checkpoint), "model": meta["model"], "dataset": config.data.name, "split": split,
+            "cases": len(dataset), "seed": meta.get("seed"), "trained_steps": meta.get("step"),
+            "tta": inf.tta, "roi_size": roi_size(config, task)}
+    write_metrics(metrics, out_dir, title=f"{meta['model']} on {config.data.name} ({split})", info=info,
+                  per_case=per_case or None)
+    if examples["images"] and task == "segmentation":
+        plot_overlays(examples["images"], examples["targets"], examples["predictions"], out_dir / "predictions.png",
+                      spatial_dims=dataset.spatial_dims, max_items=max_overlays, names=names)
+    logger.info("evaluated %s on %s/%s: %s", checkpoint, config.data.name, split, metrics)
+    return metrics

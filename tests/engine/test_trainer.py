@@ -1,0 +1,143 @@
+"""The training loop end to end on small generated data: run folder contents, mixed precision, early
+stopping, exact resumption after SIGKILL, and DDP with two CPU processes against one process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from medssm.engine.config import config_from_dict
+from medssm.engine.trainer import lr_factor, train
+
+SMALL = {
+    "model": {"name": "mini_mamba_unet", "args": {"features": [8, 16, 32], "mamba_stages": 1}},
+    "data": {"name": "synthetic", "args": {"num_samples": 24, "spatial_size": [32, 32], "seed": 0}},
+    "transforms": {"patch_size": [24, 24]},
+    "train": {"max_steps": 6, "batch_size": 4, "lr": 2e-3, "warmup_steps": 2, "val_every": 3,
+              "checkpoint_every": 2, "log_every": 1},
+}
+
+
+def _config(**train):
+    raw = json.loads(json.dumps(SMALL))
+    raw["train"].update(train)
+    return raw
+
+
+def _read_log(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "medssm", *args]
+
+
+def test_a_short_run_writes_the_run_folder(tmp_path):
+    run = tmp_path / "run"
+    summary = train(config_from_dict(_config()), run, progress=False)
+    assert summary["step"] == 6 and summary["best_metric"] == "dice" and 0 <= summary["best"] <= 1
+    for name in ("config.yaml", "log.jsonl", "curves.png", "val_metrics.json", "checkpoints/last/model.safetensors",
+                 "checkpoints/last/train_state.safetensors", "checkpoints/best/checkpoint.json"):
+        assert (run / name).is_file(), name
+    rows = _read_log(run)
+    assert [r["step"] for r in rows if "train_loss" in r] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in rows if "val_dice" in r] == [3, 6]
+    meta = json.loads((run / "checkpoints/best/checkpoint.json").read_text())
+    assert meta["model_args"]["spatial_dims"] == 2 and meta["task"] == "segmentation"
+    assert meta["data"]["train_size"] == 24 and meta["config"]["train"]["seed"] == 0
+    with pytest.raises(FileExistsError, match="--resume .* or --overwrite"):
+        train(config_from_dict(_config()), run, progress=False)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="does not look like a medssm run"):
+        train(config_from_dict(_config()), tmp_path / "other", overwrite=True, progress=False)
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_trains_without_nan(amp, tmp_path):
+    summary = train(config_from_dict(_config(amp=amp, max_steps=4, val_every=4)), tmp_path / amp, progress=False)
+    losses = [r["train_loss"] for r in _read_log(tmp_path / amp) if "train_loss" in r]
+    assert all(torch.isfinite(torch.tensor(losses))) and summary["val_metrics"]["dice"] >= 0
+
+
+def test_early_stopping_stops_after_patience(tmp_path):
+    # lr 0: the score never improves after the first validation, so patience 2 stops at the third.
+    summary = train(config_from_dict(_config(lr=0.0, max_steps=40, val_every=2, early_stopping=2)),
+                    tmp_path / "r", progress=False)
+    assert summary["step"] == 6 and summary["best_step"] == 2
+
+
+def test_learning_rate_schedule():
+    assert lr_factor(0, 4, 100, 0.1) == 0.25 and lr_factor(3, 4, 100, 0.1) == 1.0
+    assert lr_factor(4, 4, 100, 0.1) == pytest.approx(1.0) and lr_factor(100, 4, 100, 0.1) == pytest.approx(0.1)
+    assert lr_factor(52, 4, 100, 0.1) == pytest.approx(0.55)
+
+
+def _write(tmp_path: Path, raw: dict) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_sigkill_in_the_middle_of_an_epoch_then_resume_gives_the_uninterrupted_result(tmp_path):
+    # 24 samples / batch 4 = 6 steps per epoch; checkpoints every 4 steps fall mid-epoch (4, 8, 16, ...).
+    raw = _config(max_steps=24, val_every=6, checkpoint_every=4)
+    config = _write(tmp_path, raw)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    subprocess.run(_cli("train", "--config", str(config), "--out", str(tmp_path / "full"), "--no-progress"),
+                   check=True, env=env, capture_output=True)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_cli("train", "--config", str(config), "--out", str(killed), "--no-progress"), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = killed / "checkpoints" / "last" / "checkpoint.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if last.exists() and json.loads(last.read_text()).get("step", 0) >= 8:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state = json.loads((killed / "checkpoints" / "last" / "train_state.json").read_text())["counters"]
+    assert state["step"] < 24 and state["batch_in_epoch"] not in (0, 6), state
+
+    subprocess.run(_cli("train", "--out", str(killed), "--resume", "--no-progress"), check=True, env=env,
+                   capture_output=True)
+    full = json.loads((tmp_path / "full" / "val_metrics.json").read_text())
+    resumed = json.loads((killed / "val_metrics.json").read_text())
+    assert resumed == full
+    weights = [load_file(run / "checkpoints" / "last" / "model.safetensors") for run in (tmp_path / "full", killed)]
+    for key, value in weights[0].items():
+        torch.testing.assert_close(weights[1][key], value, rtol=0, atol=0)
+    steps = [r["step"] for r in _read_log(killed) if "train_loss" in r]
+    assert steps == list(range(1, 25))  # the rows the killed run logged past its checkpoint were replaced
+
+
+def test_ddp_with_two_cpu_processes_matches_one_process(tmp_path):
+    raw = _config(max_steps=6, val_every=3, checkpoint_every=6)
+    config = _write(tmp_path, raw)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(_cli("train", "--config", str(config), "--out", str(tmp_path / "one"), "--no-progress"),
+                   check=True, env=env, capture_output=True)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    result = subprocess.run([*torchrun, "-m", "medssm", "train", "--config", str(config), "--out",
+                             str(tmp_path / "two"), "--no-progress"], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    one, two = _read_log(tmp_path / "one"), _read_log(tmp_path / "two")
+    losses = [[r["train_loss"] for r in rows if "train_loss" in r] for rows in (one, two)]
+    assert len(losses[0]) == len(losses[1]) == 6
+    torch.testing.assert_close(torch.tensor(losses[1]), torch.tensor(losses[0]), rtol=1e-3, atol=1e-4)
+    dice = [[r["val_dice"] for r in rows if "val_dice" in r] for rows in (one, two)]
+    torch.testing.assert_close(torch.tensor(dice[1]), torch.tensor(dice[0]), rtol=1e-3, atol=1e-3)
+    assert not list((tmp_path / "two").glob("**/*.partial*"))
