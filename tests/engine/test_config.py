@@ -63,3 +63,23 @@ def test_bad_overrides_and_files(tmp_path):
     assert yaml.safe_load("a: 1e-3")["a"] == "1e-3"  # YAML 1.1 reads this as a string...
     (tmp_path / "lr.yaml").write_text("train: {max_steps: 2, lr: 1e-3}\n")
     assert load_config(tmp_path / "lr.yaml").train.lr == 1e-3  # ...which the config converts
+
+
+REPO = Path(__file__).resolve().parents[2]
+REAL_DATA = {"breastmnist": "medmnist/breastmnist.npz", "ecg200": "ecg/ucr_ecg200", "drive": "drive/training",
+             "mitbih_beats": "ecg/mitdb_wfdb_sample"}
+
+
+@pytest.mark.parametrize("name", sorted(REAL_DATA))
+def test_real_data_configs_build_their_splits(name, monkeypatch):
+    """The shipped configs point at ../shared/data relative to the repository root."""
+    from medssm.data import build_dataset
+
+    if not (REPO.parent / "shared" / "data" / REAL_DATA[name]).exists():
+        pytest.skip("shared real data not present")
+    monkeypatch.chdir(REPO)
+    config = load_config(REPO / "configs" / f"{name}.yaml")
+    sizes = {}
+    for split in (config.data.train_split, config.data.val_split):
+        sizes[split] = len(build_dataset(config.data.name, split=split, **config.data.args))
+    assert min(sizes.values()) > 0, sizes

@@ -24,8 +24,9 @@ DATASETS: dict[str, type[Dataset]] = {
 }
 
 
-def build_dataset(name: str, split: str = "train", **kwargs: Any) -> Dataset:
-    """``DATASETS[name](split=split, **kwargs)``, with ValueError for an unknown name (listing the valid ones)
+def build_dataset(name: str, /, split: str = "train", **kwargs: Any) -> Dataset:
+    """``DATASETS[name](split=split, **kwargs)`` (``name`` is positional-only: UCRDataset takes ``name`` too),
+    with ValueError for an unknown name (listing the valid ones)
     and TypeError naming unknown or missing keyword arguments and the accepted ones.
 
     Example: ``build_dataset("folder", "val", root="drive/training", masks="1st_manual", fov="mask",

@@ -1,0 +1,109 @@
+"""The `medssm` command: train -> evaluate -> predict on generated 3D data through the command line, the
+model table, and clear errors (exit code 2, no traceback) for bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from medssm.cli import main
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "dicom_nifti_examples"
+
+TINY_3D = ["model.args.features=[8, 16]", "model.args.mamba_stages=1",
+           "data.args={num_samples: 8, spatial_size: [24, 24, 24], seed: 0}", "transforms.patch_size=[16, 16, 16]",
+           "train.max_steps=2", "train.batch_size=2", "train.val_every=2", "train.checkpoint_every=2"]
+
+
+@pytest.fixture(scope="module")
+def run_3d(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["train", "--config", "demo", "--out", str(run), "--no-progress", *TINY_3D]) == 0
+    return run
+
+
+def _nifti(path: Path, shape=(33, 41, 25)) -> Path:
+    rng = np.random.default_rng(0)
+    affine = np.array([[-2.0, 0.1, 0.0, 32.0], [0.05, 2.0, 0.0, -40.0], [0.0, 0.0, 2.5, -16.0], [0, 0, 0, 1]])
+    image = nib.Nifti1Image((rng.random(shape) * 100).astype(np.int16), affine)
+    image.set_qform(affine, code=1)
+    image.set_sform(affine, code=2)
+    nib.save(image, path)
+    return path
+
+
+def test_train_evaluate_predict_through_the_command_line(run_3d, tmp_path, capsys):
+    saved = json.loads((run_3d / "checkpoints" / "best" / "checkpoint.json").read_text())
+    assert saved["model_args"]["spatial_dims"] == 3 and saved["config"]["train"]["max_steps"] == 2
+
+    assert main(["evaluate", "--checkpoint", str(run_3d), "--out", str(tmp_path / "eval")]) == 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert "dice" in json.dumps(metrics) and (tmp_path / "eval" / "predictions.png").stat().st_size > 1000
+    assert "dice" in capsys.readouterr().out
+
+    source = _nifti(tmp_path / "anatomical_like.nii")
+    out = tmp_path / "mask.nii.gz"
+    assert main(["predict", "--checkpoint", str(run_3d), "--input", str(source), "--output", str(out)]) == 0
+    mask, original = nib.load(out), nib.load(source)
+    np.testing.assert_allclose(mask.affine, original.affine)
+    assert mask.shape == original.shape and set(np.unique(np.asarray(mask.dataobj))) <= {0, 1}
+    assert int(mask.header["sform_code"]) == 2 and int(mask.header["qform_code"]) == 1
+
+    capsys.readouterr()
+    assert main(["predict", "--checkpoint", str(run_3d), "--input", str(source), "--output", str(out)]) == 2
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    assert main(["predict", "--checkpoint", str(run_3d), "--input", str(source), "--output", str(out),
+                 "--overwrite", "--probabilities", "--tta"]) == 0
+    assert nib.load(tmp_path / "mask_prob.nii.gz").shape == (*original.shape, 2)
+
+
+@pytest.mark.skipif(not SHARED.exists(), reason="shared example data not present")
+def test_predict_on_nibabels_anatomical_keeps_its_affine(run_3d, tmp_path):
+    source = SHARED / "nibabel" / "anatomical.nii"
+    out = tmp_path / "anatomical_mask.nii.gz"
+    assert main(["predict", "--checkpoint", str(run_3d), "--input", str(source), "--output", str(out)]) == 0
+    np.testing.assert_allclose(nib.load(out).affine, nib.load(source).affine)
+    series_out = tmp_path / "ct.nii.gz"
+    assert main(["predict", "--checkpoint", str(run_3d), "--input", str(SHARED / "monai" / "CT_DICOM"),
+                 "--output", str(series_out)]) == 0
+    assert nib.load(series_out).shape == (16, 16, 4)
+
+
+def test_models_table(capsys):
+    assert main(["models", "mini_*"]) == 0
+    out = capsys.readouterr().out
+    assert "mini_mamba_unet" in out and "segmentation" in out and "GFLOPs" in out
+    assert main(["models", "nothing_*"]) == 1
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["train", "--config", "nope", "--out", "x"], "neither a file nor a shipped config"),
+    (["train", "--config", "demo", "--out", "x", "train.max_step=3"], "unknown key\\(s\\) \\['max_step'\\]"),
+    (["train", "--config", "demo", "--out", "x", "model.name=nope"], "unknown model 'nope'"),
+    (["train", "--config", "demo", "--out", "x", "data.name=nope"], "nope"),
+    (["train", "--resume", "--config", "demo", "--out", "x"], "--resume continues a run"),
+    (["predict", "--checkpoint", "no_such_run", "--input", "a.png", "--output", "b.png"], "does not exist"),
+])
+def test_bad_input_exits_2_with_a_clear_message(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and __import__("re").search(message, err), err
+
+
+@pytest.mark.slow
+def test_demo_end_to_end(tmp_path):
+    """The README's quick start: ~1.5 minutes on 2 cores."""
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--no-progress"]) == 0
+    report = (out / "REPORT.md").read_text()
+    assert "| dice |" in report
+    dice = json.loads((out / "evaluation" / "metrics.json").read_text())
+    assert "dice" in json.dumps(dice)
+    for name in ("run/curves.png", "evaluation/predictions.png", "predictions/case_0.png", "inputs/case_0.png"):
+        assert (out / name).stat().st_size > 1000, name
+    assert main(["demo", "--out", str(out)]) == 2  # refuses to overwrite
