@@ -107,3 +107,41 @@ def test_demo_end_to_end(tmp_path):
     for name in ("run/curves.png", "evaluation/predictions.png", "predictions/case_0.png", "inputs/case_0.png"):
         assert (out / name).stat().st_size > 1000, name
     assert main(["demo", "--out", str(out)]) == 2  # refuses to overwrite
+
+
+def _nnunet_folder(root: Path, cases: int = 8) -> Path:
+    """A one-channel nnU-Net v2 raw folder of 16x16x12 MR-like volumes, voxel size 1 x 1 x 2.5 mm."""
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    affine = np.diag([1.0, 1.0, 2.5, 1.0])
+    grid = np.stack(np.meshgrid(*[np.arange(n) for n in (16, 16, 12)], indexing="ij"))
+    rng = np.random.default_rng(0)
+    for i in range(cases):
+        centre = rng.uniform(5, 11, 3) * [1, 1, 0.75]
+        label = (np.sqrt((((grid - centre[:, None, None, None]) * [[[[1]]], [[[1]]], [[[2.5]]]]) ** 2).sum(0)) < 4)
+        image = 300 + 400 * label + rng.normal(0, 60, label.shape)
+        nib.save(nib.Nifti1Image(image.astype(np.float32), affine), root / "imagesTr" / f"case_{i:03d}_0000.nii.gz")
+        nib.save(nib.Nifti1Image(label.astype(np.uint8), affine), root / "labelsTr" / f"case_{i:03d}.nii.gz")
+    meta = {"channel_names": {"0": "T2"}, "labels": {"background": 0, "lesion": 1}, "numTraining": cases,
+            "file_ending": ".nii.gz"}
+    (root / "dataset.json").write_text(json.dumps(meta))
+    return root
+
+
+def test_an_nnunet_folder_from_files_to_predicted_masks(tmp_path):
+    root = _nnunet_folder(tmp_path / "Dataset001_Toy")
+    run = tmp_path / "run"
+    overrides = ["model.args={features: [8, 16], mamba_stages: 1}", "data.name=nnunet",
+                 f"data.args={{root: {root}, val_fraction: 0.25, test_fraction: 0.25}}", "transforms.modality=mr",
+                 "transforms.patch_size=[16, 16, 8]", "train.max_steps=2", "train.batch_size=2", "train.val_every=2"]
+    assert main(["train", "--config", "demo", "--out", str(run), "--no-progress", *overrides]) == 0
+    meta = json.loads((run / "checkpoints" / "best" / "checkpoint.json").read_text())
+    assert meta["data"]["train_size"] == 4 and len(meta["data"]["val_cases"]) == 2
+    assert main(["evaluate", "--checkpoint", str(run), "--out", str(tmp_path / "eval")]) == 0
+    report = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert report["info"]["split"] == "test" and report["info"]["cases"] == 2
+    case = root / "imagesTr" / "case_000_0000.nii.gz"
+    assert main(["predict", "--checkpoint", str(run), "--input", str(case), "--output", str(tmp_path / "p")]) == 0
+    mask = nib.load(tmp_path / "p" / "case_000_0000.nii.gz")
+    np.testing.assert_allclose(mask.affine, nib.load(case).affine)
+    assert mask.shape == (16, 16, 12)

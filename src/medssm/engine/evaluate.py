@@ -52,10 +52,12 @@ def evaluate(checkpoint: str | Path, out_dir: str | Path, split: str | None = No
         output = infer(model, batch["image"].to(device), task, roi_size=roi_size(config, task),
                        overlap=inf.overlap, sw_batch_size=inf.sw_batch_size, tta_flips=inf.tta).float().cpu()
         fov = batch.get("fov")
-        total.update(output, batch["label"], fov=fov)
+        # Volumes carry their voxel size: HD95 in world units (mm) rather than voxels.
+        spacing = batch["spacing"][0].tolist() if dense and "spacing" in batch else None
+        total.update(output, batch["label"], fov=fov, spacing=spacing)
         if dense:  # one case per batch: a per-case row
             case = Metrics(task, num_classes)
-            case.update(output, batch["label"], fov=fov)
+            case.update(output, batch["label"], fov=fov, spacing=spacing)
             name = batch["name"][0] if "name" in batch else f"case_{index:04d}"
             per_case.append({"case": name, **case.compute()})
             if len(examples["images"]) < max_overlays:

@@ -372,8 +372,9 @@ def _train(config: Config, out_dir: Path, resume: bool, progress: bool, device: 
 
 
 def _case_names(dataset) -> list[str] | None:
-    names = getattr(dataset, "names", None)
-    return list(names) if names is not None else None
+    """The split's case ids (folder and nnU-Net datasets), recorded in the checkpoint for reproducibility."""
+    names = getattr(dataset, "cases", None)
+    return [str(n) for n in names] if names is not None else None
 
 
 def _versions() -> dict[str, str]:
