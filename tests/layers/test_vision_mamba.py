@@ -102,3 +102,20 @@ def test_autocast_keeps_the_scan_in_fp32(dtype, monkeypatch):
     assert seen[-1] == (torch.float32, torch.float32)
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out.float(), expected, rtol=0.05, atol=0.05)
+
+
+def test_a_route_instance_is_used_as_given():
+    from medssm.scans import get_route
+
+    torch.manual_seed(0)
+    by_name = MultiRouteMamba(2, 16, d_state=8, route="local", route_kwargs={"window": 3})
+    torch.manual_seed(0)
+    route = get_route("local", window=3)
+    by_instance = MultiRouteMamba(2, 16, d_state=8, route=route)
+    assert by_instance.route is route and by_instance.num_routes == by_name.num_routes
+    x = torch.randn(1, 16, 7, 5)
+    torch.testing.assert_close(by_instance(x), by_name(x))
+    with pytest.raises(ValueError, match="route_kwargs apply to a route given by name"):
+        MultiRouteMamba(2, 16, route=route, route_kwargs={"window": 3})
+    with pytest.raises(ValueError, match="route must be a route name or a ScanRoute"):
+        MultiRouteMamba(2, 16, route=3)

@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..scans import get_route
+from ..scans import ScanRoute, get_route
 from .mamba import Mamba, check_input
 from .norm import RMSNormGated
 from .vision_mamba import MultiRouteMamba
@@ -169,7 +169,7 @@ class VSSBlock(ResidualMixerBlock):
     """
 
     def __init__(self, spatial_dims: int, dim: int, d_state: int = 16, expand: float = 2,
-                 route: str = "cross", route_kwargs: dict | None = None, d_conv: int = 3,
+                 route: str | ScanRoute = "cross", route_kwargs: dict | None = None, d_conv: int = 3,
                  dt_rank: int | str = "auto", merge: str = "sum", bias: bool = False, mlp_ratio: float = 4.0,
                  drop_path: float = 0.0, norm_layer: NormLayer = nn.LayerNorm, act_layer: ActLayer = nn.GELU,
                  scan_backend: str = "auto") -> None:
@@ -252,11 +252,9 @@ class LBMambaBlock(VSSBlock):
         if isinstance(layer_index, bool) or not isinstance(layer_index, int) or layer_index < 0:
             raise ValueError(f"layer_index must be a non-negative integer, got {layer_index!r}")
         route = get_route("local_bidirectional", window=window, alternate=alternate).for_layer(layer_index)
-        route_kwargs = {"window": route.window, "alternate": route.alternate, "reverse": route.reverse}
-        super().__init__(spatial_dims, dim, d_state=d_state, expand=expand, route="local_bidirectional",
-                         route_kwargs=route_kwargs, d_conv=d_conv, dt_rank=dt_rank, merge="sum", bias=bias,
-                         mlp_ratio=mlp_ratio, drop_path=drop_path, norm_layer=norm_layer, act_layer=act_layer,
-                         scan_backend=scan_backend)
+        super().__init__(spatial_dims, dim, d_state=d_state, expand=expand, route=route, d_conv=d_conv,
+                         dt_rank=dt_rank, merge="sum", bias=bias, mlp_ratio=mlp_ratio, drop_path=drop_path,
+                         norm_layer=norm_layer, act_layer=act_layer, scan_backend=scan_backend)
         self.layer_index = layer_index
         self.reverse = route.reverse
 

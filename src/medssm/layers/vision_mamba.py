@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..ops import selective_scan
-from ..scans import get_route
+from ..scans import ScanRoute, get_route
 from .mamba import init_dt_bias
 
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
@@ -37,7 +37,8 @@ class MultiRouteMamba(nn.Module):
     Args:
         spatial_dims: 1, 2 or 3.
         d_model: channels in and out. d_state: SSM state size N. expand: d_inner / d_model.
-        route: scan route name (``medssm.scans.list_routes()``); route_kwargs: its arguments (e.g. window).
+        route: scan route name (``medssm.scans.list_routes()``) or a ScanRoute instance (e.g. a custom
+            subclass); route_kwargs: the named route's arguments (e.g. window).
         d_conv: depthwise conv kernel size (odd: the conv is centred, not causal, as in VMamba).
         dt_rank: "auto" = ceil(d_model / 16). dt_min, dt_max, dt_init_floor: dt bias initialisation.
         merge: "sum" (VMamba) or "weighted" (a learned softmax weight per route).
@@ -45,7 +46,7 @@ class MultiRouteMamba(nn.Module):
     """
 
     def __init__(self, spatial_dims: int, d_model: int, d_state: int = 16, expand: float = 2,
-                 route: str = "cross", route_kwargs: dict | None = None, d_conv: int = 3,
+                 route: str | ScanRoute = "cross", route_kwargs: dict | None = None, d_conv: int = 3,
                  dt_rank: int | str = "auto", dt_min: float = 0.001, dt_max: float = 0.1,
                  dt_init_floor: float = 1e-4, merge: str = "sum", bias: bool = False,
                  scan_backend: str = "auto") -> None:
@@ -61,7 +62,14 @@ class MultiRouteMamba(nn.Module):
         self.d_state = d_state
         self.d_inner = int(expand * d_model)
         self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else dt_rank
-        self.route = get_route(route, **(route_kwargs or {}))
+        if isinstance(route, ScanRoute):
+            if route_kwargs:
+                raise ValueError("route_kwargs apply to a route given by name, not to a ScanRoute instance")
+            self.route = route
+        elif isinstance(route, str):
+            self.route = get_route(route, **(route_kwargs or {}))
+        else:
+            raise ValueError(f"route must be a route name or a ScanRoute, got {type(route).__name__}")
         self.num_routes = K = self.route.num_orders(spatial_dims)
         self.merge_mode = merge
         self.scan_backend = scan_backend
