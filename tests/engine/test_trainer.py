@@ -141,3 +141,35 @@ def test_ddp_with_two_cpu_processes_matches_one_process(tmp_path):
     dice = [[r["val_dice"] for r in rows if "val_dice" in r] for rows in (one, two)]
     torch.testing.assert_close(torch.tensor(dice[1]), torch.tensor(dice[0]), rtol=1e-3, atol=1e-3)
     assert not list((tmp_path / "two").glob("**/*.partial*"))
+
+
+def test_classification_on_a_medmnist_file_and_1d_signals_from_a_ucr_file(tmp_path):
+    import numpy as np
+
+    from medssm.engine.evaluate import evaluate
+
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", 16), ("val", 8), ("test", 8)):
+        labels = np.arange(n) % 3
+        images = (rng.random((n, 20, 20)) * 60 + labels[:, None, None] * 60).astype(np.uint8)
+        arrays[f"{split}_images"], arrays[f"{split}_labels"] = images, labels[:, None]
+    np.savez(tmp_path / "toy.npz", **arrays)
+    raw = {"model": {"name": "mini_mamba_classifier", "args": {"features": [8, 16], "mamba_stages": 1}},
+           "data": {"name": "medmnist", "args": {"path": str(tmp_path / "toy.npz"), "num_classes": 3}},
+           "train": {"max_steps": 3, "batch_size": 4, "val_every": 3}}
+    summary = train(config_from_dict(raw), tmp_path / "cls", progress=False)
+    assert summary["best_metric"] == "auc"
+    assert set(summary["val_metrics"]) == {"accuracy", "balanced_accuracy", "auc", "f1"}
+    metrics = evaluate(tmp_path / "cls" / "checkpoints" / "best", tmp_path / "cls_eval")
+    assert 0 <= metrics["accuracy"] <= 1 and (tmp_path / "cls_eval" / "metrics.md").is_file()
+
+    lines = [" ".join([str(1 + i % 2)] + [f"{np.sin(t / (3 + i % 2)):.4f}" for t in range(40)]) for i in range(12)]
+    (tmp_path / "Toy_TRAIN.txt").write_text("\n".join(lines))
+    (tmp_path / "Toy_TEST.txt").write_text("\n".join(lines[:6]))
+    raw["data"] = {"name": "ucr", "args": {"path": str(tmp_path), "name": "Toy", "val_fraction": 0.25}}
+    raw["transforms"] = {"modality": "signal"}
+    summary = train(config_from_dict(raw), tmp_path / "ucr", progress=False)
+    meta = json.loads((tmp_path / "ucr" / "checkpoints" / "best" / "checkpoint.json").read_text())
+    assert meta["model_args"]["spatial_dims"] == 1 and meta["num_classes"] == 2
+    assert 0 <= summary["val_metrics"]["auc"] <= 1
