@@ -12,6 +12,7 @@ from .folders import ImageMaskFolder, read_fov, read_mask, to_unit_range
 from .io import LoadedImage, image_kind, load_image, read_raster
 from .medmnist import MedMNIST
 from .nnunet import NnUNetDataset
+from .paired import PairedImageFolder
 from .splits import SPLITS, load_split_file, seeded_split, select_cases
 from .synthetic import SyntheticSegmentation
 from .transforms import eval_transforms, train_transforms
@@ -26,6 +27,7 @@ __all__ = [
     "LoadedImage",
     "MedMNIST",
     "NnUNetDataset",
+    "PairedImageFolder",
     "SyntheticSegmentation",
     "UCRDataset",
     "WFDBBeats",

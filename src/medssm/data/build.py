@@ -10,6 +10,7 @@ from torch.utils.data import Dataset
 from .folders import ImageMaskFolder
 from .medmnist import MedMNIST
 from .nnunet import NnUNetDataset
+from .paired import PairedImageFolder
 from .synthetic import SyntheticSegmentation
 from .ucr import UCRDataset
 from .wfdb import WFDBBeats
@@ -18,6 +19,7 @@ DATASETS: dict[str, type[Dataset]] = {
     "medmnist": MedMNIST,
     "folder": ImageMaskFolder,
     "nnunet": NnUNetDataset,
+    "paired": PairedImageFolder,
     "wfdb": WFDBBeats,
     "ucr": UCRDataset,
     "synthetic": SyntheticSegmentation,
