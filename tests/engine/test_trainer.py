@@ -173,3 +173,8 @@ def test_classification_on_a_medmnist_file_and_1d_signals_from_a_ucr_file(tmp_pa
     meta = json.loads((tmp_path / "ucr" / "checkpoints" / "best" / "checkpoint.json").read_text())
     assert meta["model_args"]["spatial_dims"] == 1 and meta["num_classes"] == 2
     assert 0 <= summary["val_metrics"]["auc"] <= 1
+
+
+def test_progress_bar_with_validation_between_log_rows(tmp_path, capsys):
+    train(config_from_dict(_config(max_steps=4, val_every=3, log_every=2)), tmp_path / "r", progress=True)
+    assert "4/4" in capsys.readouterr().err

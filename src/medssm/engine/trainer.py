@@ -322,7 +322,10 @@ def _train(config: Config, out_dir: Path, resume: bool, progress: bool, device: 
                 log.append({"step": step, "epoch": counters["epoch"], "train_loss": loss_value,
                             "lr": scheduler.get_last_lr()[0], "time": round(time.time() - started, 2)})
                 if bar is not None:
-                    bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
+                    shown = {"loss": f"{loss_value:.4f}"}
+                    if counters["best"] is not None:
+                        shown["best " + metric] = f"{counters['best']:.4f}"
+                    bar.set_postfix(shown, refresh=False)
             if step % tc.val_every == 0 or step == total_steps:
                 scores = run_validation(model, val_loader, task, train_set.num_classes, config, device)
                 score = scores[metric]
@@ -341,8 +344,7 @@ def _train(config: Config, out_dir: Path, resume: bool, progress: bool, device: 
                 if info.is_main:
                     plot_curves(log.rows, out_dir / "curves.png")
                 if bar is not None:
-                    bar.set_postfix(loss=f"{log.rows[-2]['train_loss']:.4f}" if len(log.rows) > 1 else None,
-                                    **{metric: f"{score:.4f}", "best": f"{counters['best']:.4f}"}, refresh=False)
+                    bar.set_postfix(**{metric: f"{score:.4f}", "best": f"{counters['best']:.4f}"}, refresh=False)
                 if tc.early_stopping and counters["bad_validations"] >= tc.early_stopping:
                     logger.info("early stopping at step %d: %d validations without improvement", step,
                                 counters["bad_validations"])
