@@ -43,3 +43,23 @@ def decode(model: torch.nn.Module, x: torch.Tensor, prefill: int) -> torch.Tenso
     outs = [model(x[:, :prefill], cache=(conv_state, ssm_state))] if prefill else []
     outs += [model.step(x[:, t:t + 1], conv_state, ssm_state) for t in range(prefill, x.shape[1])]
     return torch.cat(outs, dim=1)
+
+
+def check_autocast_keeps_scan_fp32(module, model: torch.nn.Module, x: torch.Tensor, dtype: torch.dtype,
+                                   monkeypatch) -> None:
+    """Under CPU autocast to ``dtype``, the ``selective_scan`` that ``module`` calls receives fp32 u and delta,
+    and the output stays finite and close to the fp32 forward."""
+    seen = []
+    original = module.selective_scan
+
+    def spy(u, delta, *args, **kwargs):
+        seen.append((u.dtype, delta.dtype))
+        return original(u, delta, *args, **kwargs)
+
+    monkeypatch.setattr(module, "selective_scan", spy)
+    expected = model(x)
+    with torch.autocast("cpu", dtype=dtype):
+        out = model(x)
+    assert seen[-1] == (torch.float32, torch.float32)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out.float(), expected, rtol=0.05, atol=0.05)

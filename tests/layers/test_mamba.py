@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from mixer_checks import check_state_dict_round_trip, decode, randomise
+from mixer_checks import check_autocast_keeps_scan_fp32, check_state_dict_round_trip, decode, randomise
 
 from medssm.layers import Mamba
 
@@ -118,25 +118,10 @@ def test_bfloat16_module():
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_autocast_keeps_the_scan_in_fp32(dtype, monkeypatch):
-    """Under autocast the scan receives fp32 inputs and the output stays close to the fp32 forward."""
     import medssm.layers.mamba as mamba_module
 
-    seen = []
-    original = mamba_module.selective_scan
-
-    def spy(u, delta, *args, **kwargs):
-        seen.append((u.dtype, delta.dtype))
-        return original(u, delta, *args, **kwargs)
-
-    monkeypatch.setattr(mamba_module, "selective_scan", spy)
     torch.manual_seed(0)
-    model, x = make(), torch.randn(2, 6, 40)
-    expected = model(x)
-    with torch.autocast("cpu", dtype=dtype):
-        out = model(x)
-    assert seen[-1] == (torch.float32, torch.float32)
-    assert torch.isfinite(out).all()
-    torch.testing.assert_close(out.float(), expected, rtol=0.05, atol=0.05)
+    check_autocast_keeps_scan_fp32(mamba_module, make(), torch.randn(2, 6, 40), dtype, monkeypatch)
 
 
 @pytest.mark.parametrize("backend", ["torch", "cpu"])

@@ -12,7 +12,7 @@ hold values around 0 and 255; ``mask_threshold=127`` binarises them (pixel > thr
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,9 +76,9 @@ class ImageMaskFolder(Dataset):
         if mask_threshold is not None and num_classes != 2:
             raise ValueError(f"mask_threshold binarises masks, so num_classes must be 2, got {num_classes}")
         self.num_classes, self.transform, self.mask_threshold = num_classes, transform, mask_threshold
-        image_files = _files_by_key(self.root / images, image_suffix, "image")
-        mask_files = _files_by_key(self.root / masks, mask_suffix, "mask")
-        fov_files = _files_by_key(self.root / fov, fov_suffix, "fov") if fov is not None else None
+        image_files = files_by_key(self.root / images, image_suffix, "image")
+        mask_files = files_by_key(self.root / masks, mask_suffix, "mask")
+        fov_files = files_by_key(self.root / fov, fov_suffix, "fov") if fov is not None else None
         for key, path in sorted(image_files.items()):
             if key not in mask_files:
                 raise FileNotFoundError(f"{path}: no mask for case {key!r} in {self.root / masks} (looked for "
@@ -155,16 +155,27 @@ def read_fov(path: Path) -> np.ndarray:
     return (pixels > 0).astype(np.uint8)
 
 
-def _files_by_key(folder: Path, suffix: str, what: str) -> dict[str, Path]:
-    """Raster files of ``folder`` keyed by stem minus ``suffix``; errors for a missing or empty folder, a
-    name without the suffix, and two files with the same key."""
+def strip_extension(path: Path, extensions: Sequence[str] = RASTER_SUFFIXES) -> str | None:
+    """The file name without its image extension (".nii.gz" counts as one), or None for other files."""
+    lower = path.name.lower()
+    for extension in extensions:
+        if lower.endswith(extension):
+            return path.name[: len(path.name) - len(extension)]
+    return None
+
+
+def files_by_key(folder: Path, suffix: str, what: str,
+                 extensions: Sequence[str] = RASTER_SUFFIXES) -> dict[str, Path]:
+    """Image files of ``folder`` (those ending in one of ``extensions``) keyed by their name without extension
+    and without ``suffix``; errors for a missing or empty folder, a name without the suffix, and two files
+    with the same key."""
     if not folder.is_dir():
         raise FileNotFoundError(f"{what} folder not found: {folder}")
     files: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or not path.is_file() or not path.name.lower().endswith(RASTER_SUFFIXES):
+        stem = strip_extension(path, extensions)
+        if path.name.startswith(".") or not path.is_file() or stem is None:
             continue
-        stem = path.stem
         if not stem.endswith(suffix):
             raise ValueError(f"{path}: {what} file name does not end with the {what}_suffix {suffix!r}")
         key = stem[: len(stem) - len(suffix)] if suffix else stem
@@ -172,7 +183,7 @@ def _files_by_key(folder: Path, suffix: str, what: str) -> dict[str, Path]:
             raise ValueError(f"{what} files {files[key].name} and {path.name} in {folder} share the case key {key!r}")
         files[key] = path
     if not files:
-        raise ValueError(f"{folder}: no {what} files ({', '.join(RASTER_SUFFIXES)})")
+        raise ValueError(f"{folder}: no {what} files ({', '.join(extensions)})")
     return files
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from .folders import to_unit_range
+from .folders import files_by_key, strip_extension, to_unit_range
 from .io import NIFTI_SUFFIXES, RASTER_SUFFIXES, load_image
 from .splits import check_split, select_cases
 
@@ -107,44 +107,16 @@ def read_unit_image(path: str | Path) -> torch.Tensor:
     return array.float().contiguous()
 
 
-def _image_stem(path: Path) -> str | None:
-    """The file name without its image extension (".nii.gz" counts as one), or None for other files."""
-    lower = path.name.lower()
-    for suffix in IMAGE_SUFFIXES:
-        if lower.endswith(suffix):
-            return path.name[: len(path.name) - len(suffix)]
-    return None
-
-
 def _image_files(folder: Path) -> list[Path]:
     """Image files of ``folder`` (raster or NIfTI), sorted, without hidden files."""
     return [path for path in sorted(folder.iterdir())
-            if not path.name.startswith(".") and path.is_file() and _image_stem(path) is not None]
-
-
-def _files_by_key(folder: Path, suffix: str, what: str) -> dict[str, Path]:
-    """Image files of ``folder`` keyed by stem minus ``suffix``; errors for a missing or empty folder, a name
-    without the suffix, and two files with the same key."""
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{what} folder not found: {folder}")
-    files: dict[str, Path] = {}
-    for path in _image_files(folder):
-        stem = _image_stem(path)
-        if not stem.endswith(suffix):
-            raise ValueError(f"{path}: {what} file name does not end with the {what}_suffix {suffix!r}")
-        key = stem[: len(stem) - len(suffix)] if suffix else stem
-        if key in files:
-            raise ValueError(f"{what} files {files[key].name} and {path.name} in {folder} share the case key {key!r}")
-        files[key] = path
-    if not files:
-        raise ValueError(f"{folder}: no {what} files ({', '.join(IMAGE_SUFFIXES)})")
-    return files
+            if not path.name.startswith(".") and path.is_file() and strip_extension(path, IMAGE_SUFFIXES) is not None]
 
 
 def _pairs_from_folders(root: Path, noisy: str, clean: str, noisy_suffix: str,
                         clean_suffix: str) -> dict[str, tuple[Path, Path]]:
-    noisy_files = _files_by_key(root / noisy, noisy_suffix, "noisy")
-    clean_files = _files_by_key(root / clean, clean_suffix, "clean")
+    noisy_files = files_by_key(root / noisy, noisy_suffix, "noisy", IMAGE_SUFFIXES)
+    clean_files = files_by_key(root / clean, clean_suffix, "clean", IMAGE_SUFFIXES)
     for key, path in sorted(noisy_files.items()):
         if key not in clean_files:
             raise FileNotFoundError(f"{path}: no clean image for case {key!r} in {root / clean} (looked for "
@@ -163,7 +135,7 @@ def _pairs_from_cases(root: Path, noisy: str, clean: str) -> dict[str, tuple[Pat
 def _case_file(folder: Path, name: str, what: str) -> Path:
     """The one image file of a case folder called ``name`` plus an image extension."""
     files = _image_files(folder)
-    matches = [path for path in files if _image_stem(path) == name]
+    matches = [path for path in files if strip_extension(path, IMAGE_SUFFIXES) == name]
     if not matches:
         found = [path.name for path in sorted(folder.iterdir()) if not path.name.startswith(".")]
         raise FileNotFoundError(f"{folder}: case folder has no {what} file '{name}.*' (found {found[:10]}); set "
