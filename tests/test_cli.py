@@ -104,8 +104,12 @@ def test_demo_end_to_end(tmp_path):
     assert "| dice |" in report
     dice = json.loads((out / "evaluation" / "metrics.json").read_text())
     assert "dice" in json.dumps(dice)
-    for name in ("run/curves.png", "evaluation/predictions.png", "predictions/case_0.png", "inputs/case_0.png"):
+    for name in ("run/curves.png", "evaluation/predictions.png", "inputs/case_0.png"):
         assert (out / name).stat().st_size > 1000, name
+    from PIL import Image
+
+    mask = np.array(Image.open(out / "predictions" / "case_0.png"))  # class indices 0..2
+    assert mask.shape == (96, 96) and set(np.unique(mask)) == {0, 1, 2}
     assert main(["demo", "--out", str(out)]) == 2  # refuses to overwrite
 
 
