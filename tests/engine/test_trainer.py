@@ -178,3 +178,21 @@ def test_classification_on_a_medmnist_file_and_1d_signals_from_a_ucr_file(tmp_pa
 def test_progress_bar_with_validation_between_log_rows(tmp_path, capsys):
     train(config_from_dict(_config(max_steps=4, val_every=3, log_every=2)), tmp_path / "r", progress=True)
     assert "4/4" in capsys.readouterr().err
+
+
+def test_dataloader_workers_do_not_change_the_result(tmp_path):
+    """Augmentations are seeded per sample, so worker processes give the same run as the main process."""
+    summaries = [train(config_from_dict(_config(max_steps=4, val_every=4, num_workers=workers)),
+                       tmp_path / f"w{workers}", progress=False) for workers in (0, 2)]
+    assert summaries[0]["val_metrics"] == summaries[1]["val_metrics"]
+
+
+def test_resume_without_a_checkpoint_says_so(tmp_path):
+    from medssm.engine.config import save_config
+
+    (tmp_path / "r").mkdir()
+    save_config(config_from_dict(_config()), tmp_path / "r" / "config.yaml")
+    with pytest.raises(FileNotFoundError, match="no checkpoint to resume from"):
+        train(None, tmp_path / "r", resume=True, progress=False)
+    with pytest.raises(FileNotFoundError, match="cannot resume"):
+        train(None, tmp_path / "missing", resume=True, progress=False)

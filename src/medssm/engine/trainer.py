@@ -198,6 +198,8 @@ def train(config: Config | None, out_dir: str | Path, resume: bool = False, over
     if resume:
         import yaml
 
+        if not (out_dir / "config.yaml").is_file():
+            raise FileNotFoundError(f"cannot resume: {out_dir / 'config.yaml'} does not exist")
         config = config_from_dict(yaml.safe_load((out_dir / "config.yaml").read_text()), str(out_dir / "config.yaml"))
     if config is None:
         raise ValueError("train() needs a config unless resume=True")
@@ -259,6 +261,9 @@ def _train(config: Config, out_dir: Path, resume: bool, progress: bool, device: 
     log = RunLog(out_dir / "log.jsonl", info)
     last_dir, best_dir = out_dir / "checkpoints" / "last", out_dir / "checkpoints" / "best"
     if resume:
+        if not last_dir.exists() and not last_dir.with_name("last.old").exists():
+            raise FileNotFoundError(f"{out_dir}: no checkpoint to resume from (the run stopped before its first "
+                                    "checkpoint); start it again with --overwrite")
         model.load_state_dict(load_weights(last_dir), strict=True)
         counters = restore_train_state(last_dir, optimizer, scheduler, scaler)
         log.load(counters["step"])
