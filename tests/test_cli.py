@@ -149,3 +149,13 @@ def test_an_nnunet_folder_from_files_to_predicted_masks(tmp_path):
     mask = nib.load(tmp_path / "p" / "case_000_0000.nii.gz")
     np.testing.assert_allclose(mask.affine, nib.load(case).affine)
     assert mask.shape == (16, 16, 12)
+
+
+def test_predict_names_a_channel_mismatch(run_3d, tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    nib.save(nib.Nifti1Image(rng.random((12, 12, 8, 2)).astype(np.float32), np.eye(4)), tmp_path / "two.nii.gz")
+    assert main(["predict", "--checkpoint", str(run_3d), "--input", str(tmp_path / "two.nii.gz"), "--output",
+                 str(tmp_path / "out.nii.gz")]) == 2
+    err = capsys.readouterr().err
+    assert "two.nii.gz" in err and "2 channel(s), but the model expects 1" in err
+    assert not (tmp_path / "out.nii.gz").exists()

@@ -253,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as error:
+    except (ValueError, TypeError, RuntimeError, FileNotFoundError, FileExistsError) as error:
+        # Bad input and failed cases print one line naming the file or setting; -v shows the traceback.
         if args.verbose:
             raise
         print(f"error: {error}", file=sys.stderr)

@@ -455,6 +455,7 @@ def predict_checkpoint(checkpoint: str | Path, input: str | Path, output: str | 
     config = config_from_dict(meta["config"], f"{checkpoint} config")
     task = meta["task"]
     spatial_dims = meta["model_args"]["spatial_dims"]
+    in_channels = meta["model_args"]["in_channels"]
     transform = eval_transforms(task, spatial_dims, modality=config.transforms.modality)
     roi = tuple(roi_size) if roi_size else config_roi_size(config, task)
     inf = config.inference
@@ -463,6 +464,9 @@ def predict_checkpoint(checkpoint: str | Path, input: str | Path, output: str | 
         image = default_preprocess(loaded)
         if image.ndim - 1 != spatial_dims:
             raise ValueError(f"{loaded.path}: a {image.ndim - 1}D image, but the model is {spatial_dims}D")
+        if image.shape[0] != in_channels:
+            raise ValueError(f"{loaded.path}: {image.shape[0]} channel(s), but the model expects {in_channels} "
+                             "(one file per case holding all channels)")
         return transform({"image": image})["image"] if transform is not None else image
 
     def predict_fn(image: torch.Tensor) -> torch.Tensor:
