@@ -196,3 +196,15 @@ def test_resume_without_a_checkpoint_says_so(tmp_path):
         train(None, tmp_path / "r", resume=True, progress=False)
     with pytest.raises(FileNotFoundError, match="cannot resume"):
         train(None, tmp_path / "missing", resume=True, progress=False)
+
+
+def test_a_log_line_cut_short_by_a_kill_is_dropped_on_resume(tmp_path):
+    from medssm.engine.distributed import DistInfo
+    from medssm.engine.trainer import RunLog
+
+    path = tmp_path / "log.jsonl"
+    path.write_text('{"step": 1, "train_loss": 0.5}\n{"step": 2, "train_loss": 0.4}\n{"step": 3, "train_lo')
+    log = RunLog(path, DistInfo())
+    log.load(up_to_step=2)
+    assert [r["step"] for r in log.rows] == [1, 2]
+    assert [r["step"] for r in _read_log(tmp_path)] == [1, 2]

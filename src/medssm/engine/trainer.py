@@ -160,7 +160,12 @@ class RunLog:
     def load(self, up_to_step: int) -> None:
         """Keep the rows of steps already covered by the checkpoint (a killed run logged past it)."""
         if self.path.exists():
-            rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+            rows = []
+            for line in self.path.read_text().splitlines():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:  # the line a kill cut short
+                    continue
             self.rows = [r for r in rows if r.get("step", 0) <= up_to_step]
         if self.info.is_main:
             from .files import write_text_atomic
@@ -174,11 +179,9 @@ class RunLog:
                 f.write(json.dumps(row) + "\n")
 
 
-def prepare_run_dir(out_dir: Path, resume: bool, overwrite: bool) -> None:
-    if resume:
-        if not (out_dir / "config.yaml").is_file():
-            raise FileNotFoundError(f"cannot resume: {out_dir / 'config.yaml'} does not exist")
-        return
+def prepare_run_dir(out_dir: Path, overwrite: bool) -> None:
+    """Create a new run folder; an existing non-empty one is replaced only with ``overwrite`` and only if it
+    is a medssm run folder."""
     if out_dir.exists() and any(out_dir.iterdir()):
         if not overwrite:
             raise FileExistsError(f"run folder {out_dir} is not empty; pass --resume to continue that run or "
@@ -207,10 +210,9 @@ def train(config: Config | None, out_dir: str | Path, resume: bool = False, over
     device = pick_device(tc.device)
     info = init_distributed(device.type)
     try:
-        if info.is_main:
-            prepare_run_dir(out_dir, resume, overwrite)
-            if not resume:
-                save_config(config, out_dir / "config.yaml")
+        if info.is_main and not resume:
+            prepare_run_dir(out_dir, overwrite)
+            save_config(config, out_dir / "config.yaml")
         barrier(info)
         return _train(config, out_dir, resume, progress, device, info)
     finally:
