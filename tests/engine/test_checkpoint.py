@@ -75,6 +75,9 @@ def test_checkpoint_files_are_safetensors_and_json(tmp_path):
     json.loads((folder / "train_state.json").read_text())
     assert read_meta(folder / "model.safetensors")["model"] == "mini_mamba_unet"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
+    (tmp_path / ".c.partial-dead").mkdir()  # as a process killed mid-write leaves it
+    save_checkpoint(tmp_path / "c", model, {"model": "mini_mamba_unet", "model_args": ARGS})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
 
 
 def test_replacing_a_checkpoint_and_the_instant_between_renames(tmp_path):

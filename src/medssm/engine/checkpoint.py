@@ -39,6 +39,8 @@ def save_checkpoint(directory: str | Path, model: nn.Module, meta: dict[str, Any
     :func:`capture_train_state`) as the checkpoint folder ``directory``, replacing it atomically."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
+    for stale in directory.parent.glob(f".{directory.name}.partial-*"):  # left by a process killed mid-write
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.partial-", dir=directory.parent))
     try:
         weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
