@@ -137,9 +137,12 @@ def test_ddp_with_two_cpu_processes_matches_one_process(tmp_path):
     one, two = _read_log(tmp_path / "one"), _read_log(tmp_path / "two")
     losses = [[r["train_loss"] for r in rows if "train_loss" in r] for rows in (one, two)]
     assert len(losses[0]) == len(losses[1]) == 6
-    torch.testing.assert_close(torch.tensor(losses[1]), torch.tensor(losses[0]), rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(torch.tensor(losses[1]), torch.tensor(losses[0]), rtol=1e-3, atol=1e-4,
+                               msg=lambda m: f"{m}\nlosses one process {losses[0]}\ntwo processes {losses[1]}")
+    # Validation Dice after a few steps: pixels with probabilities near 0.5 can flip class with the gradient
+    # summation order (DDP all-reduce vs one process), so the tolerance allows a few pixels, not just rounding.
     dice = [[r["val_dice"] for r in rows if "val_dice" in r] for rows in (one, two)]
-    torch.testing.assert_close(torch.tensor(dice[1]), torch.tensor(dice[0]), rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(torch.tensor(dice[1]), torch.tensor(dice[0]), rtol=0, atol=1e-2)
     assert not list((tmp_path / "two").glob("**/*.partial*"))
 
 
