@@ -338,3 +338,29 @@ def test_restoration_keeps_format_dtype_and_range(tmp_path):
     assert restored.get_data_dtype() == np.float32
     assert np.allclose(restored.affine, original.affine)
     np.testing.assert_allclose(restored.get_fdata(), original.get_fdata() * 0.5)
+
+
+def test_nnunet_channel_files_are_stacked_into_one_case(tmp_path):
+    affine = np.diag([1.5, 1.5, 3.0, 1.0])
+    folder = tmp_path / "imagesTs"
+    folder.mkdir()
+    for case in ("a", "b"):
+        for c in range(2):
+            data = np.full((6, 5, 4), 10.0 * (c + 1), np.float32)
+            nib.save(nib.Nifti1Image(data, affine), folder / f"{case}_{c:04d}.nii.gz")
+    seen = []
+
+    def predict_fn(image):
+        seen.append(tuple(image.shape))
+        # class 1 where channel 1 exceeds channel 0 (everywhere here): checks the channel order
+        return torch.stack([image[:, 0] > image[:, 1], image[:, 1] > image[:, 0]], 1).float()
+
+    written = predict_path(folder, tmp_path / "out", predict_fn, channels=2)
+    assert sorted(p.name for p in written) == ["a.nii.gz", "b.nii.gz"] and seen == [(1, 2, 6, 5, 4)] * 2
+    mask = nib.load(tmp_path / "out" / "a.nii.gz")
+    assert np.asarray(mask.dataobj).min() == 1 and np.allclose(mask.affine, affine)
+    single = predict_path(folder / "b_0001.nii.gz", tmp_path / "one", predict_fn, channels=2)
+    assert [p.name for p in single] == ["b.nii.gz"]
+    (folder / "b_0001.nii.gz").unlink()
+    with pytest.raises(ValueError, match="case b: the model takes 2 channels but b_0001 is missing"):
+        predict_path(folder, tmp_path / "out2", predict_fn, channels=2)

@@ -28,8 +28,9 @@ import csv
 import io
 import logging
 import os
+import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +63,7 @@ class _Case:
     input: Path
     kind: str  # "raster" | "nifti" | "dicom"
     name: str  # output base name: the file name without its image suffix, or the series folder's name
+    channel_files: tuple[Path, ...] = ()  # nnU-Net channels _0001, _0002, ... stacked after ``input`` (_0000)
 
 
 # ----------------------------------------------------------------------------------------------- finding cases
@@ -122,11 +124,50 @@ def list_cases(input: str | Path) -> list[Path]:
     return [case.input for case in _find_cases(Path(input))]
 
 
-def _find_cases(input: Path) -> list[_Case]:
+def _find_cases(input: Path, channels: int = 1) -> list[_Case]:
     if not input.exists():
         raise FileNotFoundError(f"{input}: no such file or folder")
+    match = _CHANNEL_FILE.match(input.name) if input.is_file() and channels > 1 else None
+    if match:  # one channel file of an nnU-Net case names the case: take its sibling channel files
+        siblings = [c for c in _list_cases(input.parent)
+                    if (m := _CHANNEL_FILE.match(c.input.name)) is not None and m[1] == match[1]]
+        return _group_channels(siblings, channels)
     if input.is_file() or is_dicom_series(input):
         return [_case(input)]
+    return _group_channels(_list_cases(input), channels)
+
+
+# nnU-Net names the channels of case X as X_0000.nii.gz, X_0001.nii.gz, ...
+_CHANNEL_FILE = re.compile(r"^(.+)_(\d{4})(\.nii(\.gz)?)$", re.IGNORECASE)
+
+
+def _group_channels(cases: list[_Case], channels: int) -> list[_Case]:
+    """With a multi-channel model, stack nnU-Net channel files X_0000 ... X_{channels-1} into one case X."""
+    if channels == 1:
+        return cases
+    groups: dict[str, dict[int, _Case]] = {}
+    grouped = []
+    for case in cases:
+        match = _CHANNEL_FILE.match(case.input.name) if case.kind == "nifti" else None
+        if match is None:
+            grouped.append(case)  # one file holding every channel (or a series); checked when loaded
+            continue
+        groups.setdefault(match[1], {})[int(match[2])] = case
+    for name, by_index in sorted(groups.items()):
+        missing = [f"{name}_{i:04d}" for i in range(channels) if i not in by_index]
+        if missing:
+            raise ValueError(f"case {name}: the model takes {channels} channels but {', '.join(missing)} "
+                             f"is missing next to {by_index[min(by_index)].input}")
+        extra = [i for i in sorted(by_index) if i >= channels]
+        if extra:
+            raise ValueError(f"case {name}: {by_index[extra[0]].input} is channel {extra[0]}, but the model takes "
+                             f"{channels} channels")
+        first = by_index[0]
+        grouped.append(_Case(first.input, "nifti", name, tuple(by_index[i].input for i in range(1, channels))))
+    return sorted(grouped, key=lambda c: c.input.name)
+
+
+def _list_cases(input: Path) -> list[_Case]:
     cases = []
     for child in sorted(input.iterdir()):
         if child.name.startswith("."):
@@ -220,6 +261,21 @@ def _check_plan(paths_by_input: list[tuple[Path, list[Path]]], overwrite: bool) 
 
 
 # ----------------------------------------------------------------------------------------------- running
+
+
+def _load_case(case: _Case) -> LoadedImage:
+    """The case's image; nnU-Net channel files are stacked on the channel axis (geometry from _0000)."""
+    loaded = load_image(case.input)
+    if not case.channel_files:
+        return loaded
+    arrays = [loaded.array]
+    for path in case.channel_files:
+        array = load_image(path).array
+        if array.shape[1:] != loaded.array.shape[1:]:
+            raise ValueError(f"{path}: shape {tuple(array.shape[1:])} differs from {case.input}'s "
+                             f"{tuple(loaded.array.shape[1:])}")
+        arrays.append(array)
+    return replace(loaded, array=torch.cat(arrays))
 
 
 def default_preprocess(loaded: LoadedImage) -> torch.Tensor:
@@ -374,6 +430,7 @@ def predict_path(
     probabilities: bool = False,
     overwrite: bool = False,
     preprocess: Preprocess | None = None,
+    channels: int = 1,
 ) -> list[Path]:
     """Predict every case under ``input`` and write the results under ``output``; return the written paths.
 
@@ -393,6 +450,10 @@ def predict_path(
     ``<name>_prob.nii.gz`` float32 (x, y, z, K) with the mask's affine; raster as ``<name>_prob.npz`` with key
     "probabilities" (K, H, W) float32.
 
+    ``channels`` > 1 (the model's input channels): NIfTI files named like nnU-Net's ``X_0000.nii.gz``,
+    ``X_0001.nii.gz``, ... are stacked into one case ``X`` (written as ``X.nii.gz`` with _0000's geometry);
+    naming any one of them as ``input`` predicts that case. A missing channel file is a ValueError.
+
     Raises FileExistsError (before any prediction) for an existing output unless ``overwrite``; ValueError for
     unsupported inputs, mismatched output suffixes or clashing output names; RuntimeError naming the input
     file when a case fails (that case leaves no file; earlier cases keep theirs).
@@ -403,7 +464,7 @@ def predict_path(
         raise ValueError("probabilities=True applies to segmentation (classification always writes them)")
     input, output = Path(input), Path(output)
     preprocess = preprocess or default_preprocess
-    cases = _find_cases(input)
+    cases = _find_cases(input, channels)
     single = input.is_file() or is_dicom_series(input)
 
     if task == "classification":
@@ -420,7 +481,7 @@ def predict_path(
     written: list[Path] = []
     rows: list[tuple[str, np.ndarray]] = []
     for case, paths in plan:
-        loaded = load_image(case.input)  # its errors already name the file
+        loaded = _load_case(case)  # its errors already name the file
         try:
             result = _run(predict_fn, preprocess(loaded), loaded, task)
             if task == "classification":
@@ -475,4 +536,4 @@ def predict_checkpoint(checkpoint: str | Path, input: str | Path, output: str | 
 
     file_task = "classification" if task == "multilabel" else task
     return predict_path(input, output, predict_fn, task=file_task, probabilities=probabilities,
-                        overwrite=overwrite, preprocess=preprocess)
+                        overwrite=overwrite, preprocess=preprocess, channels=in_channels)
