@@ -74,6 +74,18 @@ def test_gradcheck(name, shape):
     assert torch.autograd.gradcheck(lambda v: route.merge(route.gather(v) * weight, shape), (x,))
     y = torch.randn(1, k, 2, t, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradgradcheck(lambda v: route.scatter(v, shape) * 2, (y,))
+    assert torch.autograd.gradgradcheck(lambda v: route.merge(v, shape) * 2, (y,))
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("config", CONFIGS, ids=config_id)
+def test_merge_is_the_sum_of_the_scattered_grids(config, shape):
+    route = route_for(config, len(shape))
+    k, t = route.num_orders(len(shape)), math.prod(shape)
+    y = torch.randn(2, 3, k, t).transpose(1, 2)  # arbitrary sequences, not contiguous
+    torch.testing.assert_close(route.merge(y, shape), route.scatter(y, shape).sum(1))
+    with pytest.raises(ValueError, match="takes sequences"):
+        route.merge(y[..., :-1], shape)
 
 
 def test_snake_keeps_neighbours_adjacent():
