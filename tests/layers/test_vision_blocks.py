@@ -266,6 +266,52 @@ def test_multi_head_scan_uses_one_route_per_head_and_weights_that_sum_to_one():
     assert not torch.allclose(block(x), out)
 
 
+def test_cv_gate_merge_by_hand():
+    from medssm.layers.vision_mamba import cv_gate_merge
+
+    # Two routes, three positions: equal outputs (cv 0: suppressed), one route zero, opposite signs.
+    grids = torch.tensor([[[1.0, 2.0, -1.0]], [[1.0, 0.0, 1.0]]]).unsqueeze(0)  # (1, K=2, C=1, 3)
+    spread = torch.tensor([0.0, 2.0**0.5, 2.0**0.5])  # unbiased std over the two routes
+    shifted_mean = torch.tensor([0.0, 1.0, 1.0])  # mean of y_k - min_k y_k
+    expected = torch.tensor([2.0, 2.0, 0.0]) * torch.relu(spread / (shifted_mean + 1e-5))
+    torch.testing.assert_close(cv_gate_merge(grids)[0, 0], expected)
+    torch.testing.assert_close(cv_gate_merge(grids, threshold=1.0)[0, 0],
+                               torch.tensor([2.0, 2.0, 0.0]) * torch.relu(spread / (shifted_mean + 1e-5) - 1.0))
+
+
+def test_multi_head_scan_with_mhs_vm_gated_fusion(monkeypatch):
+    block = MultiHeadScanBlock(2, 12, routes=["cross", "snake", "dilated"], fusion="cv_gate", d_state=4)
+    op = block.op
+    assert op.route_attn is None and all(h.merge_mode == "cv_gate" for h in op.heads)
+    randomise(block)
+    x = torch.randn(2, 12, 5, 7, requires_grad=True)
+    y = block(x)
+    assert y.shape == x.shape and torch.isfinite(y).all()
+    y.square().mean().backward()
+    assert torch.isfinite(x.grad).all()
+    # Each head fuses its K route grids (batch, K, d_inner, *spatial) with the gate, once per forward.
+    import medssm.layers.vision_mamba as module
+
+    calls = []
+    original = module.cv_gate_merge
+
+    def spy(grids, threshold=0.0):
+        calls.append(tuple(grids.shape))
+        return original(grids, threshold)
+
+    monkeypatch.setattr(module, "cv_gate_merge", spy)
+    block(x)
+    assert calls == [(2, h.num_routes, h.d_inner, 5, 7) for h in op.heads]
+    with pytest.raises(ValueError, match="route_weights exist only"):
+        op.route_weights([y])
+    with pytest.raises(ValueError, match="merge must be 'sum'"):
+        MultiHeadScanBlock(2, 12, routes=["cross", "snake"], fusion="cv_gate", merge="weighted")
+    with pytest.raises(ValueError, match="fusion must be"):
+        MultiHeadScanBlock(2, 12, routes=["cross", "snake"], fusion="concat")
+    with pytest.raises(ValueError, match="compares routes"):
+        MultiHeadScanBlock(2, 12, routes=["raster", "snake"], fusion="cv_gate")
+
+
 def test_multi_head_scan_rejects_bad_configs():
     with pytest.raises(ValueError, match="spatial_dims"):
         MultiHeadScanBlock(1, C, routes=["cross", "local"])  # "local" has no 1D form

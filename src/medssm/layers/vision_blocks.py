@@ -272,23 +272,26 @@ class MultiHeadScan(nn.Module):
         y = y_proj(cat_norm(concat_i(w_i * y_i)))
 
     ``route_attn`` (Linear k * head_dim -> k) starts at zero, so the heads start equally weighted.
-    Differences from MHS-VM's released code: there each head is a bare scan (no in/out projections or gate of
-    its own; they live in the enclosing block) over its pattern's 4 sequences (2 routes and their reverses),
-    the 4 outputs of one head are fused by a gate on their coefficient of variation across routes (its
-    "GFU"), and the heads are simply concatenated. Here each head is a full MultiRouteMamba whose routes are
-    summed, and the attention (softmax weights from globally pooled features) acts across heads.
+
+    ``fusion="cv_gate"`` follows MHS-VM's released code instead: inside each head the K route outputs are
+    fused by its gated fusion unit (:func:`~medssm.layers.vision_mamba.cv_gate_merge`: the routes' sum gated
+    by their coefficient of variation) and the heads are simply concatenated (no ``route_attn``). Remaining
+    difference: there each head is a bare scan (its in/out projections and gate live in the enclosing block)
+    over 2 routes and their reverses; here each head is a full MultiRouteMamba over its route's orders.
     ``x_ssproj``, ``cat_norm`` and ``y_proj`` keep MHS-VM's names.
 
     Args:
         spatial_dims: 1, 2 or 3. dim: channels.
         routes: one scan route name per head; route_kwargs: one dict (or None) per head.
         d_state, expand, d_conv, dt_rank, merge, bias, scan_backend: each head's MultiRouteMamba arguments.
+        fusion: "attention" (softmax weights across heads) or "cv_gate" (MHS-VM's gated fusion unit inside each
+            head, heads concatenated; ``merge`` must then stay "sum"). gate_threshold: the gate's threshold t.
     """
 
     def __init__(self, spatial_dims: int, dim: int, routes: Sequence[str] = ("cross", "snake", "local", "dilated"),
                  route_kwargs: Sequence[dict | None] | None = None, d_state: int = 16, expand: float = 2,
                  d_conv: int = 3, dt_rank: int | str = "auto", merge: str = "sum", bias: bool = False,
-                 scan_backend: str = "auto") -> None:
+                 scan_backend: str = "auto", fusion: str = "attention", gate_threshold: float = 0.0) -> None:
         super().__init__()
         routes = [routes] if isinstance(routes, str) else list(routes)
         k = len(routes)
@@ -298,6 +301,11 @@ class MultiHeadScan(nn.Module):
                              f"route_kwargs={route_kwargs}")
         if dim // k < 1:
             raise ValueError(f"dim={dim} is too small for {k} heads")
+        if fusion not in ("attention", "cv_gate"):
+            raise ValueError(f"fusion must be 'attention' or 'cv_gate', got {fusion!r}")
+        if fusion == "cv_gate" and merge != "sum":
+            raise ValueError(f"fusion='cv_gate' fuses each head's routes itself; merge must be 'sum', got {merge!r}")
+        self.fusion = fusion
         self.spatial_dims = _check_spatial_dims(spatial_dims)
         self.dim = dim
         self.routes = routes
@@ -306,11 +314,14 @@ class MultiHeadScan(nn.Module):
         self.x_ssproj = nn.Linear(dim, k * head_dim, bias=False)
         self.heads = nn.ModuleList(
             MultiRouteMamba(spatial_dims, head_dim, d_state=d_state, expand=expand, route=r, route_kwargs=kw,
-                            d_conv=d_conv, dt_rank=dt_rank, merge=merge, bias=bias, scan_backend=scan_backend)
+                            d_conv=d_conv, dt_rank=dt_rank, merge="cv_gate" if fusion == "cv_gate" else merge,
+                            bias=bias, scan_backend=scan_backend, gate_threshold=gate_threshold)
             for r, kw in zip(routes, route_kwargs, strict=True))
-        self.route_attn = nn.Linear(k * head_dim, k)
-        nn.init.zeros_(self.route_attn.weight)
-        nn.init.zeros_(self.route_attn.bias)
+        self.route_attn = None
+        if fusion == "attention":
+            self.route_attn = nn.Linear(k * head_dim, k)
+            nn.init.zeros_(self.route_attn.weight)
+            nn.init.zeros_(self.route_attn.bias)
         self.cat_norm = nn.LayerNorm(k * head_dim)
         self.y_proj = nn.Linear(k * head_dim, dim, bias=False)
 
@@ -322,15 +333,20 @@ class MultiHeadScan(nn.Module):
 
     def route_weights(self, ys: Sequence[torch.Tensor]) -> torch.Tensor:
         """Head outputs -> the scan-route attention weights (batch, k), a softmax over the heads."""
+        if self.route_attn is None:
+            raise ValueError("route_weights exist only with fusion='attention'")
         pooled = torch.cat([y.flatten(2).mean(-1) for y in ys], dim=1)
         return torch.softmax(self.route_attn(pooled), dim=-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (batch, dim, *spatial) -> (batch, dim, *spatial)."""
         ys = self.head_outputs(x)
-        w = self.route_weights(ys).to(ys[0].dtype)
-        extra = (1,) * self.spatial_dims
-        y = torch.cat([y * w[:, i].view(-1, 1, *extra) for i, y in enumerate(ys)], dim=1)
+        if self.route_attn is None:
+            y = torch.cat(ys, dim=1)
+        else:
+            w = self.route_weights(ys).to(ys[0].dtype)
+            extra = (1,) * self.spatial_dims
+            y = torch.cat([y * w[:, i].view(-1, 1, *extra) for i, y in enumerate(ys)], dim=1)
         return _channels_last(lambda t: self.y_proj(self.cat_norm(t)), y)
 
 
@@ -350,10 +366,11 @@ class MultiHeadScanBlock(ResidualMixerBlock):
                  route_kwargs: Sequence[dict | None] | None = None, d_state: int = 16, expand: float = 2,
                  d_conv: int = 3, dt_rank: int | str = "auto", merge: str = "sum", bias: bool = False,
                  mlp_ratio: float = 0.0, drop_path: float = 0.0, norm_layer: NormLayer = nn.LayerNorm,
-                 act_layer: ActLayer = nn.GELU, scan_backend: str = "auto") -> None:
+                 act_layer: ActLayer = nn.GELU, scan_backend: str = "auto", fusion: str = "attention",
+                 gate_threshold: float = 0.0) -> None:
         op = MultiHeadScan(spatial_dims, dim, routes=routes, route_kwargs=route_kwargs, d_state=d_state,
                            expand=expand, d_conv=d_conv, dt_rank=dt_rank, merge=merge, bias=bias,
-                           scan_backend=scan_backend)
+                           scan_backend=scan_backend, fusion=fusion, gate_threshold=gate_threshold)
         super().__init__(spatial_dims, dim, op, mlp_ratio, drop_path, norm_layer, act_layer)
 
 

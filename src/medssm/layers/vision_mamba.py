@@ -31,6 +31,23 @@ from .mamba import init_dt_bias
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 
 
+MERGES = ("sum", "weighted", "cv_gate")
+
+
+def cv_gate_merge(grids: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:
+    """MHS-VM's gated fusion unit (Ji 2024, arXiv:2406.05992): (batch, K, C, *spatial) route outputs on the
+    grid -> (batch, C, *spatial).
+
+    ``sum_k y_k * relu(cv - threshold)``, where cv is the coefficient of variation of each position's K route
+    outputs: their standard deviation over the mean of (y_k - min_k y_k) (shifted so the mean is
+    non-negative; 1e-5 keeps it finite). Positions where the routes disagree pass; where they agree they are
+    suppressed.
+    """
+    spread = grids.std(dim=1)
+    shifted_mean = (grids - grids.min(dim=1, keepdim=True).values).mean(dim=1)
+    return grids.sum(dim=1) * F.relu(spread / (shifted_mean + 1e-5) - threshold)
+
+
 class MultiRouteMamba(nn.Module):
     """Mamba mixer over K scan routes of a token grid: (batch, d_model, *spatial) -> same shape.
 
@@ -41,7 +58,8 @@ class MultiRouteMamba(nn.Module):
             subclass); route_kwargs: the named route's arguments (e.g. window).
         d_conv: depthwise conv kernel size (odd: the conv is centred, not causal, as in VMamba).
         dt_rank: "auto" = ceil(d_model / 16). dt_min, dt_max, dt_init_floor: dt bias initialisation.
-        merge: "sum" (VMamba) or "weighted" (a learned softmax weight per route).
+        merge: "sum" (VMamba), "weighted" (a learned softmax weight per route) or "cv_gate" (MHS-VM's gated
+            fusion unit, :func:`cv_gate_merge`; needs K >= 2). gate_threshold: cv_gate's threshold t.
         scan_backend: selective_scan backend.
     """
 
@@ -49,12 +67,12 @@ class MultiRouteMamba(nn.Module):
                  route: str | ScanRoute = "cross", route_kwargs: dict | None = None, d_conv: int = 3,
                  dt_rank: int | str = "auto", dt_min: float = 0.001, dt_max: float = 0.1,
                  dt_init_floor: float = 1e-4, merge: str = "sum", bias: bool = False,
-                 scan_backend: str = "auto") -> None:
+                 scan_backend: str = "auto", gate_threshold: float = 0.0) -> None:
         super().__init__()
         if spatial_dims not in _CONV:
             raise ValueError(f"spatial_dims must be 1, 2 or 3, got {spatial_dims}")
-        if merge not in ("sum", "weighted"):
-            raise ValueError(f"merge must be 'sum' or 'weighted', got {merge!r}")
+        if merge not in MERGES:
+            raise ValueError(f"merge must be one of {MERGES}, got {merge!r}")
         if d_conv % 2 != 1:
             raise ValueError(f"d_conv must be odd (a centred depthwise conv), got {d_conv}")
         self.spatial_dims = spatial_dims
@@ -71,7 +89,11 @@ class MultiRouteMamba(nn.Module):
         else:
             raise ValueError(f"route must be a route name or a ScanRoute, got {type(route).__name__}")
         self.num_routes = K = self.route.num_orders(spatial_dims)
+        if merge == "cv_gate" and K < 2:
+            raise ValueError(f"merge='cv_gate' compares routes, but route {self.route.name!r} gives K={K} in "
+                             f"{spatial_dims}D")
         self.merge_mode = merge
+        self.gate_threshold = gate_threshold
         self.scan_backend = scan_backend
         d_inner, rank = self.d_inner, self.dt_rank
 
@@ -114,6 +136,9 @@ class MultiRouteMamba(nn.Module):
         y = y.view(batch, K, self.d_inner, T)
         if self.route_logits is not None:
             y = y * torch.softmax(self.route_logits, 0).view(1, K, 1, 1).to(y.dtype)
-        y = self.route.merge(y, spatial)  # (batch, d_inner, *spatial)
+        if self.merge_mode == "cv_gate":
+            y = cv_gate_merge(self.route.scatter(y, spatial), self.gate_threshold)
+        else:
+            y = self.route.merge(y, spatial)  # (batch, d_inner, *spatial)
         y = self.out_norm(y.movedim(1, -1)) * F.silu(z)
         return self.out_proj(y).movedim(-1, 1)
