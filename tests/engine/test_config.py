@@ -83,3 +83,17 @@ def test_real_data_configs_build_their_splits(name, monkeypatch):
     for split in (config.data.train_split, config.data.val_split):
         sizes[split] = len(build_dataset(config.data.name, split=split, **config.data.args))
     assert min(sizes.values()) > 0, sizes
+
+
+def test_drive_test_folder_overrides_from_the_config_comment(monkeypatch):
+    from medssm.data import build_dataset
+
+    if not (REPO.parent / "shared" / "data" / "drive" / "test").exists():
+        pytest.skip("shared real data not present")
+    monkeypatch.chdir(REPO)
+    overrides = ["data.args.root=../shared/data/drive/test", "data.args.image_suffix=_test",
+                 "data.args.fov_suffix=_test_mask", "data.args.val_fraction=0", "data.args.test_fraction=1"]
+    assert all(o.split("=")[0] in (REPO / "configs" / "drive.yaml").read_text() for o in overrides)
+    config = load_config(REPO / "configs" / "drive.yaml", overrides)
+    test = build_dataset(config.data.name, split="test", **config.data.args)
+    assert len(test) == 20 and test[0]["fov"].shape == (1, 584, 565)
