@@ -320,3 +320,19 @@ def test_distributed_compute_equals_single_process(tmp_path):
         gathered = json.loads((tmp_path / f"rank{rank}.json").read_text())
         for task, expected in single.items():
             assert gathered[task] == pytest.approx(expected, nan_ok=True), (rank, task)
+
+
+def test_extend_equals_updating_with_the_same_batches():
+    torch.manual_seed(0)
+    logits = torch.randn(4, 3, 9, 8)
+    target = torch.randint(0, 3, (4, 1, 9, 8))
+    together = Metrics("segmentation", 3)
+    together.update(torch.softmax(logits, 1), target)
+    folded = Metrics("segmentation", 3)
+    for i in range(4):
+        case = Metrics("segmentation", 3)
+        case.update(torch.softmax(logits[i:i + 1], 1), target[i:i + 1])
+        folded.extend(case)
+    assert folded.compute() == pytest.approx(together.compute(), nan_ok=True)
+    with pytest.raises(ValueError, match="cannot extend segmentation metrics with 3 classes"):
+        folded.extend(Metrics("segmentation", 2))

@@ -43,7 +43,7 @@ def evaluate(checkpoint: str | Path, out_dir: str | Path, split: str | None = No
         raise ValueError(f"checkpoint {checkpoint} was trained for {task} but the {split} split is {dataset.task}")
     loader = evaluation_loader(dataset, transform, task, config.train.batch_size, DistInfo(), 0)
     dense = task in ("segmentation", "restoration")
-    total = Metrics(task, num_classes, spacing=None)
+    total = Metrics(task, num_classes)
     per_case: list[dict[str, Any]] = []
     examples: dict[str, list[torch.Tensor]] = {"images": [], "targets": [], "predictions": []}
     names: list[str] = []
@@ -54,18 +54,21 @@ def evaluate(checkpoint: str | Path, out_dir: str | Path, split: str | None = No
         fov = batch.get("fov")
         # Volumes carry their voxel size: HD95 in world units (mm) rather than voxels.
         spacing = batch["spacing"][0].tolist() if dense and "spacing" in batch else None
-        total.update(output, batch["label"], fov=fov, spacing=spacing)
-        if dense:  # one case per batch: a per-case row
-            case = Metrics(task, num_classes)
-            case.update(output, batch["label"], fov=fov, spacing=spacing)
-            name = batch["name"][0] if "name" in batch else f"case_{index:04d}"
-            per_case.append({"case": name, **case.compute()})
-            if len(examples["images"]) < max_overlays:
-                prediction = output.argmax(1, keepdim=True) if task == "segmentation" else output
-                examples["images"].append(batch["image"][0])
-                examples["targets"].append(batch["label"][0])
-                examples["predictions"].append(prediction[0])
-                names.append(name)
+        if not dense:
+            total.update(output, batch["label"], fov=fov)
+            continue
+        # One case per batch: its own row, then folded into the total (HD95 is computed once per case).
+        case = Metrics(task, num_classes)
+        case.update(output, batch["label"], fov=fov, spacing=spacing)
+        total.extend(case)
+        name = batch["name"][0] if "name" in batch else f"case_{index:04d}"
+        per_case.append({"case": name, **case.compute()})
+        if len(examples["images"]) < max_overlays:
+            prediction = output.argmax(1, keepdim=True) if task == "segmentation" else output
+            examples["images"].append(batch["image"][0])
+            examples["targets"].append(batch["label"][0])
+            examples["predictions"].append(prediction[0])
+            names.append(name)
     metrics = total.compute()
     info = {"checkpoint": str(checkpoint), "model": meta["model"], "dataset": config.data.name, "split": split,
             "cases": len(dataset), "seed": meta.get("seed"), "trained_steps": meta.get("step"),

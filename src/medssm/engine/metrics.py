@@ -151,6 +151,15 @@ class Metrics:
         """Forget everything accumulated so far."""
         self._values = {}
 
+    def extend(self, other: Metrics) -> None:
+        """Add everything ``other`` accumulated (same task and classes), without recomputing it: e.g. the
+        per-case Metrics of an evaluation folded into the total."""
+        if (other.task, other.num_classes) != (self.task, self.num_classes):
+            raise ValueError(f"cannot extend {self.task} metrics with {self.num_classes} classes by {other.task} "
+                             f"metrics with {other.num_classes} classes")
+        for key, values in other._values.items():
+            self._values.setdefault(key, []).extend(values)
+
     def _add(self, **values: torch.Tensor) -> None:
         for key, value in values.items():
             self._values.setdefault(key, []).append(value.detach().cpu())
