@@ -31,6 +31,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"medssm {medssm.__version__}")
     print(f"python {platform.python_version()} on {platform.platform()}")
     print(f"torch {torch.__version__}; threads {torch.get_num_threads()}; cuda {torch.cuda.is_available()}")
+    print(f"OpenMP: {medssm.openmp_spin_note()}")
     try:
         import numba
 

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .. import openmp_spin_note
 from ..ops import available_backends, selective_scan
 
 DEFAULT_SHAPES = ((1, 192, 16, 1024), (1, 192, 16, 4096), (2, 384, 16, 4096), (1, 96, 16, 16384))
@@ -269,7 +270,7 @@ def run(shapes=DEFAULT_SHAPES, backends: list[str] | None = None, repeats: int =
     if mambapy_available() and "mambapy" not in backends:
         backends.append("mambapy")
     print(f"medssm bench scan: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"torch {torch.__version__}, {threads} threads; backends {backends}", flush=True)
+          f"torch {torch.__version__}, {threads} threads, {openmp_spin_note()}; backends {backends}", flush=True)
     limits = {"exp_per_s": exp_rate(threads), "copy_bytes_per_s": copy_bandwidth(threads)}
     print(f"machine: exp {limits['exp_per_s'] / 1e9:.2f} G/s (torch.exp, in-cache), "
           f"copy {limits['copy_bytes_per_s'] / 1e9:.1f} GB/s", flush=True)
@@ -289,7 +290,8 @@ def run(shapes=DEFAULT_SHAPES, backends: list[str] | None = None, repeats: int =
     report = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": {"processor": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "threads": threads, "torch": torch.__version__, "python": platform.python_version()},
+                    "threads": threads, "torch": torch.__version__, "python": platform.python_version(),
+                    "openmp": openmp_spin_note()},
         "limits": limits,
         "compile": compile_s,
         "rows": [asdict(r) for r in rows],
