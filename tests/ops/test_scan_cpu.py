@@ -145,3 +145,22 @@ def test_works_in_a_forked_child_after_the_parent_used_threads():
     finally:
         torch.set_num_threads(threads)
     torch.testing.assert_close(got, expected)
+
+
+def test_transpose_tile_moves_one_tile_between_any_offsets():
+    import numpy as np
+
+    from medssm.ops import scan_cpu
+    from medssm.ops._numba_env import numba
+
+    @numba.njit
+    def load(src, bi, r, c, dst, dr, dc):
+        scan_cpu._transpose_tile(src, (bi, r, c), dst, (dr, dc))
+
+    tile = scan_cpu.TILE
+    src = np.arange(2 * 40 * 50, dtype=np.float32).reshape(2, 40, 50)
+    dst = np.zeros((30, 45), np.float32)
+    load(src, 1, 3, 5, dst, 2, 7)
+    expected = np.zeros_like(dst)
+    expected[2:2 + tile, 7:7 + tile] = src[1, 3:3 + tile, 5:5 + tile].T
+    np.testing.assert_array_equal(dst, expected)  # everything outside the tile untouched

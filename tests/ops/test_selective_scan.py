@@ -121,6 +121,10 @@ DEFAULT_CASES = [
     Case(dim=33, d_state=1, seqlen=100),
     Case(dim=33, d_state=16, seqlen=100, b_mode="grouped", c_mode="grouped", groups=3),
     Case(dim=64, d_state=16, seqlen=100),
+    # the cpu backend moves whole 16-lane x 16-step tiles with vector shuffles and the rest element-wise:
+    # blocks of 32 + 16 lanes, and 25-lane group blocks (one tile + 9 lanes), on strided inputs too
+    Case(dim=48, d_state=4, seqlen=37, noncontiguous=True),
+    Case(dim=50, d_state=4, seqlen=37, b_mode="grouped", c_mode="grouped", groups=2),
     # realistic decays: fast (Mamba's A, large delta) and slow (tiny delta, long memory)
     Case(seqlen=512, delta_scale=2.0, **S4D),
     Case(seqlen=512, delta_scale=1e-3, delta_softplus=False, has_delta_bias=False),
