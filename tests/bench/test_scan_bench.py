@@ -18,7 +18,9 @@ def test_bench_scan_writes_json_and_plot(tmp_path, capsys):
     assert {"reference", "torch", "cpu"} <= backends
     for row in report["rows"]:
         assert row["forward_s"] > 0 and row["forward_backward_s"] > 0
-    assert report["limits"]["exp_per_s"] > 0 and report["limits"]["copy_bytes_per_s"] > 0
+    limits = report["limits"]
+    assert limits["copy_bytes_per_s"] > 0 and limits["torch_exp_per_s"] > 0 and limits["kernel_exp_per_s"] > 0
+    assert limits["exp_per_s"] == max(limits["torch_exp_per_s"], limits["kernel_exp_per_s"])
     assert (out / "scan_vs_length.png").stat().st_size > 1000
     printed = capsys.readouterr().out
     assert "| (1, 8, 4, 64) | cpu |" in printed

@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -459,6 +460,30 @@ def _scan_bwd(job_lo, job_hi, tid, u, delta, bias, softplus, A, Bsel, Bfix, Csel
                     dBfix_part[tid, c0 + lane, n] += dBf_acc[n, lane]
                 if not has_csel:
                     dCfix_part[tid, c0 + lane, n] += dCf_acc[n, lane]
+
+
+@_kernel
+def _exp_rows(job_lo, job_hi, x, out, repeats):
+    """out[i] = exp(x[i]) with the kernels' polynomial exp for rows [job_lo, job_hi), ``repeats`` times:
+    the machine's vectorised exp throughput for ``medssm bench scan``."""
+    for _ in range(repeats):
+        for row in range(job_lo, job_hi):
+            for i in range(x.shape[1]):
+                out[row, i] = _exp(x[row, i])
+
+
+def exp_throughput(threads: int, size: int = 1 << 14, repeats: int = 200) -> float:
+    """Exps per second of the kernels' vectorised exp on ``threads`` threads, each on its own in-cache
+    buffer of ``size`` floats (best of 5 runs)."""
+    x = -np.random.default_rng(0).random((threads, size), dtype=np.float32)
+    out = np.empty_like(x)
+    _run_jobs(_exp_rows, threads, threads, x, out, 1)  # compile / load, warm the buffers
+    best = math.inf
+    for _ in range(5):
+        start = time.perf_counter()
+        _run_jobs(_exp_rows, threads, threads, x, out, repeats)
+        best = min(best, time.perf_counter() - start)
+    return x.size * repeats / best
 
 
 def _jobs(batch: int, dim: int, chan_per_group: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
