@@ -154,13 +154,33 @@ def test_transpose_tile_moves_one_tile_between_any_offsets():
     from medssm.ops._numba_env import numba
 
     @numba.njit
-    def load(src, bi, r, c, dst, dr, dc):
-        scan_cpu._transpose_tile(src, (bi, r, c), dst, (dr, dc))
+    def move(src, src_at, src_stride, dst, dst_at, dst_stride):
+        scan_cpu._transpose_tile(src, src_at, src_stride, dst, dst_at, dst_stride)
 
     tile = scan_cpu.TILE
     src = np.arange(2 * 40 * 50, dtype=np.float32).reshape(2, 40, 50)
     dst = np.zeros((30, 45), np.float32)
-    load(src, 1, 3, 5, dst, 2, 7)
+    move(src, (1 * 40 + 3) * 50 + 5, 50, dst, 2 * 45 + 7, 45)  # src[1, 3:, 5:] -> dst[2:, 7:], transposed
     expected = np.zeros_like(dst)
     expected[2:2 + tile, 7:7 + tile] = src[1, 3:3 + tile, 5:5 + tile].T
     np.testing.assert_array_equal(dst, expected)  # everything outside the tile untouched
+
+
+def test_transposed_inputs_are_read_in_place_and_match_contiguous_copies():
+    """Mamba's delta and z are (b, L, d) tensors seen as (b, d, L): the kernels read them without a copy."""
+    from medssm.ops import scan_cpu
+
+    x = mamba_like(2, 40, 4, 37)
+    laid_out = {k: x[k].transpose(1, 2).contiguous().transpose(1, 2) for k in ("u", "delta", "z")}
+    assert all(t.stride(1) == 1 for t in laid_out.values())
+    plan = scan_cpu._Plan(laid_out["u"], laid_out["delta"], x["A"], x["B"], x["C"], x["D"], laid_out["z"],
+                          x["delta_bias"], True)
+    assert plan.args[0].ctypes.data == laid_out["u"].data_ptr()  # a view, not a copy
+    leaves = [{k: v.detach().clone().requires_grad_(True) for k, v in d.items()} for d in (x, {**x, **laid_out})]
+    grad = torch.randn(2, 40, 37)
+    outs = [scan(leaf) for leaf in leaves]
+    torch.testing.assert_close(outs[1], outs[0], rtol=0, atol=0)
+    for out in outs:
+        out.backward(grad.transpose(1, 2).contiguous().transpose(1, 2))  # a channels-last output gradient too
+    for name in ("u", "delta", "z", "A", "B", "C", "D", "delta_bias"):
+        torch.testing.assert_close(leaves[1][name].grad, leaves[0][name].grad, rtol=0, atol=0)
