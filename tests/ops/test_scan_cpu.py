@@ -184,3 +184,10 @@ def test_transposed_inputs_are_read_in_place_and_match_contiguous_copies():
         out.backward(grad.transpose(1, 2).contiguous().transpose(1, 2))  # a channels-last output gradient too
     for name in ("u", "delta", "z", "A", "B", "C", "D", "delta_bias"):
         torch.testing.assert_close(leaves[1][name].grad, leaves[0][name].grad, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(("dim", "threads", "width"), [(96, 2, 16), (192, 2, 32), (48, 2, 32), (96, 1, 32), (4, 2, 16)])
+def test_forward_blocks_narrow_only_when_that_balances_the_threads(dim, threads, width):
+    from medssm.ops import scan_cpu
+
+    assert scan_cpu._forward_width(1, dim, dim, threads) == width

@@ -125,6 +125,7 @@ DEFAULT_CASES = [
     # blocks of 32 + 16 lanes, and 25-lane group blocks (one tile + 9 lanes), on strided inputs too
     Case(dim=48, d_state=4, seqlen=37, noncontiguous=True),
     Case(dim=50, d_state=4, seqlen=37, b_mode="grouped", c_mode="grouped", groups=2),
+    Case(dim=96, d_state=4, seqlen=37),  # on 2 threads the forward splits 96 channels into six 16-lane jobs
     # realistic decays: fast (Mamba's A, large delta) and slow (tiny delta, long memory)
     Case(seqlen=512, delta_scale=2.0, **S4D),
     Case(seqlen=512, delta_scale=1e-3, delta_softplus=False, has_delta_bias=False),
