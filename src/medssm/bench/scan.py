@@ -88,8 +88,13 @@ def mambapy_available() -> bool:
     return True
 
 
-def median_time(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up (and JIT load)
+def median_time(fn: Callable[[], object], repeats: int, warmup_s: float = 0.2) -> float:
+    """Median wall time of ``repeats`` calls after warming up for ``warmup_s`` (at least one call: the JIT
+    load; the first calls after another backend also pay fresh-page faults for their outputs)."""
+    start = time.perf_counter()
+    fn()
+    while time.perf_counter() - start < warmup_s:
+        fn()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
