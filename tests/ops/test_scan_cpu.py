@@ -191,3 +191,16 @@ def test_forward_blocks_narrow_only_when_that_balances_the_threads(dim, threads,
     from medssm.ops import scan_cpu
 
     assert scan_cpu._forward_width(1, dim, dim, threads) == width
+
+
+@pytest.mark.parametrize("name", ["u", "delta", "z"])
+def test_backward_refuses_inputs_changed_in_place_after_the_forward(name):
+    """The kernels read the inputs' memory in place (no copy), so an in-place change before the backward
+    would silently change the gradients; autograd's version check must catch it, as for torch's own ops."""
+    x = mamba_like(1, 8, 4, 20)
+    leaves = {k: v.clone().requires_grad_(k == "A") for k, v in x.items()}
+    out = scan(leaves)
+    with torch.no_grad():
+        leaves[name].add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()

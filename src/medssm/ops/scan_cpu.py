@@ -836,6 +836,9 @@ class _SelectiveScanCPU(torch.autograd.Function):
         out, last, ckpt = scan_forward(plan, save_ckpt=any(ctx.needs_input_grad))
         ctx.plan, ctx.ckpt = plan, ckpt
         inputs = (u, delta, A, B, C, D, z, delta_bias)
+        # the plan reads the inputs' memory in place; saving them lets autograd refuse a backward after an
+        # in-place change to any of them, as it does for torch's own ops
+        ctx.save_for_backward(*(t for t in inputs if t is not None))
         ctx.like = [(t.dtype, t.shape) if t is not None else None for t in inputs]
         ctx.set_materialize_grads(False)
         return out.to(u.dtype), last
@@ -844,6 +847,7 @@ class _SelectiveScanCPU(torch.autograd.Function):
     def backward(ctx, gout, glast):
         if gout is None and glast is None:
             return (None,) * 9
+        ctx.saved_tensors  # noqa: B018  (raises if an input was modified in place since the forward)
         batch, dim, seqlen, _ = ctx.plan.shape
         gout = torch.zeros(batch, dim, seqlen) if gout is None else gout
         grads = scan_backward(ctx.plan, ctx.ckpt, gout, glast)
