@@ -184,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="b,d,N,L (repeatable); default: the four shapes of the README table")
     scan.add_argument("--backend", action="append", choices=["reference", "torch", "cpu", "mambapy"],
                       help="repeatable; default: every available backend (+ mambapy when installed)")
-    scan.add_argument("--repeats", type=int, default=10, help="timed repeats per measurement (median)")
+    scan.add_argument("--repeats", type=int, default=10,
+                      help="timed repeats per measurement (median), after 0.2 s of warm-up")
     scan.add_argument("--threads", type=int, default=None, help="torch/numba threads (default: torch's)")
     scan.add_argument("--out", type=Path, default=None, help="folder for scan.json and scan_vs_length.png")
     scan.add_argument("--overwrite", action="store_true", help="replace files in an existing --out folder")
