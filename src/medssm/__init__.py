@@ -7,10 +7,10 @@ __version__ = "0.1.0"
 
 # PyTorch's OpenMP workers (GNU libgomp) busy-wait for GOMP_SPINCOUNT=300000 spins (5-10 ms here) after each
 # parallel op. On a machine with few cores that spinning thread takes a core from the "cpu" scan's threads
-# and halves the scan's speed (measured on 2 vCPUs: forward 6.3 ms right after a parallel torch op, 3.3 ms
-# 10 ms later). 30000 spins end within a millisecond and left torch's own speed unchanged (a DynUNet training
-# step: 115 vs 114 ms). libgomp reads the variable once, when torch loads it, so this only takes effect when
-# medssm is imported before torch (the medssm command always is); a user's own setting is left alone.
+# and slows the scan by up to 2x. 30000 spins end within a millisecond; the trade-off (pure-torch work ~5%
+# slower, medssm's models as fast or faster) is measured by `medssm bench openmp` and tabled in the README.
+# libgomp reads the variable once, when torch loads it, so this only takes effect when medssm is imported
+# before torch (the medssm command always is); a user's own setting is left alone.
 OPENMP_SPIN_LIMITED = "torch" not in sys.modules and not {"GOMP_SPINCOUNT", "OMP_WAIT_POLICY"} & set(os.environ)
 if OPENMP_SPIN_LIMITED:
     os.environ["GOMP_SPINCOUNT"] = "30000"

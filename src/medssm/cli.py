@@ -62,6 +62,13 @@ def cmd_bench_scan(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_openmp(args: argparse.Namespace) -> int:
+    from medssm.bench import openmp
+
+    openmp.run(repeats=args.repeats)
+    return 0
+
+
 def cmd_bench_mixer(args: argparse.Namespace) -> int:
     from medssm.bench import mixer
 
@@ -202,6 +209,11 @@ def build_parser() -> argparse.ArgumentParser:
     mix.add_argument("--repeats", type=int, default=10)
     mix.add_argument("--threads", type=int, default=None)
     mix.set_defaults(func=cmd_bench_mixer)
+
+    omp = bench_sub.add_parser("openmp", help="cpu scan after a parallel torch op vs after a pause, and a "
+                                              "torch training step, under the OpenMP spin setting in effect")
+    omp.add_argument("--repeats", type=int, default=20)
+    omp.set_defaults(func=cmd_bench_openmp)
 
     tr = sub.add_parser("train", help="train a model from a YAML config (torchrun for several processes)",
                         description="Train from --config (a file or a shipped name) with key=value overrides, "

@@ -6,7 +6,7 @@ on Mamba-like inputs (selective B/C, D, z gate, delta_bias with softplus), the s
 for this op measured in the same run: the scan must evaluate batch*d*L*N exponentials and move its
 (batch, d, L) tensors through memory, so the bound is max(exp count / measured vectorised exp rate,
 bytes / measured copy bandwidth). The exp rate is the faster of torch.exp and the cpu kernels' own
-polynomial exp, each on in-cache buffers on every thread (the latter was ~3x faster on the AVX-512 VM).
+polynomial exp, each on in-cache buffers on every thread (the latter was ~5x faster on the AVX-512 VM).
 It also reports each backend's peak extra memory (resident-set growth during the call, inputs excluded),
 the numba compile time with a cold and a warm cache, and writes a JSON and a log-log PNG of forward time
 against L.

@@ -745,7 +745,7 @@ class _Plan:
 
 def _forward_width(batch: int, dim: int, chan_per_group: int, threads: int) -> int:
     """Channels per forward job: LANES, or TILE when the narrower blocks share the work among the threads
-    clearly better. At (1, 96, 16, 16384) on 2 threads, three 32-channel blocks took 6.6 ms and six
+    clearly better. At (1, 96, 16, 16384) on 2 threads, three 32-channel blocks took 6.0-6.6 ms and six
     16-channel ones 4.9 ms; where 32 balances, 16 was 8% slower (and the backward 4-30% slower even where 16
     balances better, so it always uses LANES)."""
     def makespan(width: int) -> float:
