@@ -21,6 +21,9 @@ def test_bench_scan_writes_json_and_plot(tmp_path, capsys):
     limits = report["limits"]
     assert limits["copy_bytes_per_s"] > 0 and limits["torch_exp_per_s"] > 0 and limits["kernel_exp_per_s"] > 0
     assert limits["exp_per_s"] == max(limits["torch_exp_per_s"], limits["kernel_exp_per_s"])
+    # measured at the start and after the shape; the bound takes the fastest
+    assert len(limits["kernel_exp_samples_per_s"]) == 2
+    assert limits["kernel_exp_per_s"] == max(limits["kernel_exp_samples_per_s"])
     assert (out / "scan_vs_length.png").stat().st_size > 1000
     printed = capsys.readouterr().out
     assert "| (1, 8, 4, 64) | cpu |" in printed
