@@ -313,14 +313,14 @@ def _recur_y(h, tn, t0, bi, gb, gc, Bsel, Csel, a_blk, b_blk, c_blk, dlb, dub, y
     for n in range(d_state):
         for jb in range(tn // 4):
             j = jb * 4
-            b0 = Bsel[bi, gb, t0 + j, n] if has_bsel else _ONE
-            b1 = Bsel[bi, gb, t0 + j + 1, n] if has_bsel else _ONE
-            b2 = Bsel[bi, gb, t0 + j + 2, n] if has_bsel else _ONE
-            b3 = Bsel[bi, gb, t0 + j + 3, n] if has_bsel else _ONE
-            c0 = Csel[bi, gc, t0 + j, n] if has_csel else _ONE
-            c1 = Csel[bi, gc, t0 + j + 1, n] if has_csel else _ONE
-            c2 = Csel[bi, gc, t0 + j + 2, n] if has_csel else _ONE
-            c3 = Csel[bi, gc, t0 + j + 3, n] if has_csel else _ONE
+            b0 = Bsel[bi, gb, n, t0 + j] if has_bsel else _ONE
+            b1 = Bsel[bi, gb, n, t0 + j + 1] if has_bsel else _ONE
+            b2 = Bsel[bi, gb, n, t0 + j + 2] if has_bsel else _ONE
+            b3 = Bsel[bi, gb, n, t0 + j + 3] if has_bsel else _ONE
+            c0 = Csel[bi, gc, n, t0 + j] if has_csel else _ONE
+            c1 = Csel[bi, gc, n, t0 + j + 1] if has_csel else _ONE
+            c2 = Csel[bi, gc, n, t0 + j + 2] if has_csel else _ONE
+            c3 = Csel[bi, gc, n, t0 + j + 3] if has_csel else _ONE
             for lane in range(lanes):
                 an = a_blk[n, lane]
                 bn = b_blk[n, lane]
@@ -336,8 +336,8 @@ def _recur_y(h, tn, t0, bi, gb, gc, Bsel, Csel, a_blk, b_blk, c_blk, dlb, dub, y
                 yb[j + 3, lane] += hv * (c3 * cn)
                 h[n, lane] = hv
         for j in range(tn // 4 * 4, tn):
-            bs = Bsel[bi, gb, t0 + j, n] if has_bsel else _ONE
-            cs = Csel[bi, gc, t0 + j, n] if has_csel else _ONE
+            bs = Bsel[bi, gb, n, t0 + j] if has_bsel else _ONE
+            cs = Csel[bi, gc, n, t0 + j] if has_csel else _ONE
             for lane in range(lanes):
                 hv = _exp(dlb[j, lane] * a_blk[n, lane]) * h[n, lane] + dub[j, lane] * (bs * b_blk[n, lane])
                 h[n, lane] = hv
@@ -349,7 +349,7 @@ def _scan_fwd(job_lo, job_hi, u, delta, bias, softplus, A, Bsel, Bfix, Csel, Cfi
               job_n, chan_per_gb, chan_per_gc, lanes, out, last_state, ckpt, save_ckpt):
     """Forward scan for jobs [job_lo, job_hi). u, delta, z: 1-D views of (b, d, L) tensors' memory with
     element strides strides[0], [1], [2] (z empty when absent); out: (b, d, L) contiguous; Bsel/Csel:
-    (b, G, L, N), empty when fixed; Bfix/Cfix: (d, N), empty when selective; last_state: (b, d, N); ckpt:
+    (b, G, N, L), empty when fixed; Bfix/Cfix: (d, N), empty when selective; last_state: (b, d, N); ckpt:
     (b, d, segments, N), the state before every CKPT_EVERY chunks."""
     seqlen = out.shape[2]
     out_flat = out.reshape(out.size)
@@ -423,14 +423,14 @@ def _chunk_adjoint(h, mu, dA_acc, dBf_acc, dCf_acc, hs, es, lam, tn, t0, tid, bi
             hs[0, lane] = h[n, lane]
         for jb in range(tn // 4):
             j = jb * 4
-            b0 = Bsel[bi, gb, t0 + j, n] if has_bsel else _ONE
-            b1 = Bsel[bi, gb, t0 + j + 1, n] if has_bsel else _ONE
-            b2 = Bsel[bi, gb, t0 + j + 2, n] if has_bsel else _ONE
-            b3 = Bsel[bi, gb, t0 + j + 3, n] if has_bsel else _ONE
-            c0 = Csel[bi, gc, t0 + j, n] if has_csel else _ONE
-            c1 = Csel[bi, gc, t0 + j + 1, n] if has_csel else _ONE
-            c2 = Csel[bi, gc, t0 + j + 2, n] if has_csel else _ONE
-            c3 = Csel[bi, gc, t0 + j + 3, n] if has_csel else _ONE
+            b0 = Bsel[bi, gb, n, t0 + j] if has_bsel else _ONE
+            b1 = Bsel[bi, gb, n, t0 + j + 1] if has_bsel else _ONE
+            b2 = Bsel[bi, gb, n, t0 + j + 2] if has_bsel else _ONE
+            b3 = Bsel[bi, gb, n, t0 + j + 3] if has_bsel else _ONE
+            c0 = Csel[bi, gc, n, t0 + j] if has_csel else _ONE
+            c1 = Csel[bi, gc, n, t0 + j + 1] if has_csel else _ONE
+            c2 = Csel[bi, gc, n, t0 + j + 2] if has_csel else _ONE
+            c3 = Csel[bi, gc, n, t0 + j + 3] if has_csel else _ONE
             for lane in range(lanes):
                 an = a_blk[n, lane]
                 bn = b_blk[n, lane]
@@ -458,8 +458,8 @@ def _chunk_adjoint(h, mu, dA_acc, dBf_acc, dCf_acc, hs, es, lam, tn, t0, tid, bi
                 yb[j + 3, lane] += hv * (c3 * cn)
                 h[n, lane] = hv
         for j in range(tn // 4 * 4, tn):
-            bs = Bsel[bi, gb, t0 + j, n] if has_bsel else _ONE
-            cs = Csel[bi, gc, t0 + j, n] if has_csel else _ONE
+            bs = Bsel[bi, gb, n, t0 + j] if has_bsel else _ONE
+            cs = Csel[bi, gc, n, t0 + j] if has_csel else _ONE
             for lane in range(lanes):
                 e = _exp(dlb[j, lane] * a_blk[n, lane])
                 es[j, lane] = e
@@ -469,8 +469,8 @@ def _chunk_adjoint(h, mu, dA_acc, dBf_acc, dCf_acc, hs, es, lam, tn, t0, tid, bi
                 yb[j, lane] += hv * (cs * c_blk[n, lane])
         for jj in range(tn - n_blocks * 4):  # the steps past the last whole block come first
             j = tn - 1 - jj
-            bs = Bsel[bi, gb, t0 + j, n] if has_bsel else _ONE
-            cs = Csel[bi, gc, t0 + j, n] if has_csel else _ONE
+            bs = Bsel[bi, gb, n, t0 + j] if has_bsel else _ONE
+            cs = Csel[bi, gc, n, t0 + j] if has_csel else _ONE
             for lane in range(lanes):
                 e = es[j, lane]
                 lv = gyb[j, lane] * (cs * c_blk[n, lane]) + mu[n, lane]
@@ -482,14 +482,14 @@ def _chunk_adjoint(h, mu, dA_acc, dBf_acc, dCf_acc, hs, es, lam, tn, t0, tid, bi
                 dA_acc[n, lane] += lam_ah * dlb[j, lane]
         for jb in range(n_blocks):
             j = (n_blocks - 1 - jb) * 4
-            b0 = Bsel[bi, gb, t0 + j, n] if has_bsel else _ONE
-            b1 = Bsel[bi, gb, t0 + j + 1, n] if has_bsel else _ONE
-            b2 = Bsel[bi, gb, t0 + j + 2, n] if has_bsel else _ONE
-            b3 = Bsel[bi, gb, t0 + j + 3, n] if has_bsel else _ONE
-            c0 = Csel[bi, gc, t0 + j, n] if has_csel else _ONE
-            c1 = Csel[bi, gc, t0 + j + 1, n] if has_csel else _ONE
-            c2 = Csel[bi, gc, t0 + j + 2, n] if has_csel else _ONE
-            c3 = Csel[bi, gc, t0 + j + 3, n] if has_csel else _ONE
+            b0 = Bsel[bi, gb, n, t0 + j] if has_bsel else _ONE
+            b1 = Bsel[bi, gb, n, t0 + j + 1] if has_bsel else _ONE
+            b2 = Bsel[bi, gb, n, t0 + j + 2] if has_bsel else _ONE
+            b3 = Bsel[bi, gb, n, t0 + j + 3] if has_bsel else _ONE
+            c0 = Csel[bi, gc, n, t0 + j] if has_csel else _ONE
+            c1 = Csel[bi, gc, n, t0 + j + 1] if has_csel else _ONE
+            c2 = Csel[bi, gc, n, t0 + j + 2] if has_csel else _ONE
+            c3 = Csel[bi, gc, n, t0 + j + 3] if has_csel else _ONE
             for lane in range(lanes):
                 an = a_blk[n, lane]
                 bn = b_blk[n, lane]
@@ -539,7 +539,7 @@ def _chunk_adjoint(h, mu, dA_acc, dBf_acc, dCf_acc, hs, es, lam, tn, t0, tid, bi
                 acc_b = _ZERO
                 for lane in range(lanes):
                     acc_b += lam[j, lane] * dub[j, lane]
-                dBsel_part[tid, bi, gb, t0 + j, n] += acc_b
+                dBsel_part[tid, bi, gb, n, t0 + j] += acc_b
             else:
                 for lane in range(lanes):
                     dBf_acc[n, lane] += lam[j, lane] * dub[j, lane]
@@ -547,7 +547,7 @@ def _chunk_adjoint(h, mu, dA_acc, dBf_acc, dCf_acc, hs, es, lam, tn, t0, tid, bi
                 acc_c = _ZERO
                 for lane in range(lanes):
                     acc_c += gyb[j, lane] * hs[j + 1, lane]
-                dCsel_part[tid, bi, gc, t0 + j, n] += acc_c
+                dCsel_part[tid, bi, gc, n, t0 + j] += acc_c
             else:
                 for lane in range(lanes):
                     dCf_acc[n, lane] += gyb[j, lane] * hs[j + 1, lane]
@@ -559,7 +559,7 @@ def _scan_bwd(job_lo, job_hi, tid, u, delta, bias, softplus, A, Bsel, Bfix, Csel
               dD_part, dbias_part, dBsel_part, dBfix_part, dCsel_part, dCfix_part):
     """Backward scan for jobs [job_lo, job_hi) on worker ``tid``: gradients w.r.t. u, delta and z, and
     worker ``tid``'s partial sums for A (workers, d, N), D and delta_bias (workers, d), and B and C
-    (workers, b, G, L, N) or (workers, d, N). Inputs as in _scan_fwd, gout a 1-D view like them with
+    (workers, b, G, N, L) or (workers, d, N). Inputs as in _scan_fwd, gout a 1-D view like them with
     strides[3]; du_out, ddelta_out, dz_out: (b, d, L) contiguous (dz_out empty without z); glast: the last
     state's gradient (b, d, N) or empty.
 
@@ -750,11 +750,13 @@ def _sequence(t: torch.Tensor) -> tuple[np.ndarray, tuple[int, int, int]]:
 
 
 def _bc_layout(t: torch.Tensor, dim: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """B or C as (selective (b, G, L, N), fixed (d, N), channels per group); the unused one is empty."""
+    """B or C as (selective (b, G, N, L), fixed (d, N), channels per group); the unused one is empty. The
+    selective layout is the caller's, so a contiguous fp32 B or C is read in place; each state's steps are
+    contiguous, which is how the kernels read them."""
     if t.dim() == 2:
         return np.zeros((0, 0, 0, 0), np.float32), _f32(t), dim
     g = t.unsqueeze(1) if t.dim() == 3 else t
-    return _f32(g.transpose(-1, -2)), np.zeros((0, 0), np.float32), dim // g.shape[1]
+    return _f32(g), np.zeros((0, 0), np.float32), dim // g.shape[1]
 
 
 class _Plan:
@@ -863,7 +865,7 @@ def scan_backward(plan: _Plan, ckpt: torch.Tensor, gout: torch.Tensor,
               with_tid=True)
     for name, part in parts.items():
         total = torch.from_numpy(functools.reduce(np.add, part))
-        grads[name] = total.transpose(-1, -2) if total.dim() == 4 else total  # (b, G, L, N) -> (b, G, N, L)
+        grads[name] = total
     return grads
 
 
