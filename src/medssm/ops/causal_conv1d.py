@@ -4,14 +4,20 @@ Each channel is convolved with its own filter of ``width`` taps, looking only at
 ``width - 1`` positions (zero padding on the left), optionally followed by SiLU. ``causal_conv1d`` runs
 over a whole sequence; ``causal_conv1d_update`` is one decoding step that keeps the last inputs in a
 rolling ``conv_state`` buffer, so both give the same outputs token by token.
+
+``causal_conv1d`` has two backends: "torch" (F.conv1d, any device; the reference) and "cpu" (numba kernels,
+channels last, see conv_cpu.py); "auto" takes "cpu" for CPU tensors when numba is installed.
 """
 
 from __future__ import annotations
+
+import importlib.util
 
 import torch
 import torch.nn.functional as F
 
 ACTIVATIONS = (None, "silu", "swish")
+BACKENDS = ("torch", "cpu")
 
 
 def _check_activation(activation: str | None) -> None:
@@ -36,8 +42,28 @@ def _activate(out: torch.Tensor, activation: str | None) -> torch.Tensor:
     return out if activation is None else F.silu(out)
 
 
+MAX_CPU_WIDTH = 4  # the "cpu" kernels' taps, as the causal_conv1d package's CUDA kernels (2 to 4)
+
+
+def _conv_backend(backend: str, device: torch.device, width: int) -> str:
+    numba = importlib.util.find_spec("numba") is not None
+    if backend == "auto":
+        return "cpu" if device.type == "cpu" and numba and width <= MAX_CPU_WIDTH else "torch"
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
+    if backend == "cpu":
+        if device.type != "cpu":
+            raise ValueError(f"causal_conv1d backend 'cpu' needs CPU tensors, got {device}")
+        if not numba:
+            raise ValueError("causal_conv1d backend 'cpu' needs numba, which is not installed")
+        if width > MAX_CPU_WIDTH:
+            raise ValueError(f"causal_conv1d backend 'cpu' supports weight widths up to {MAX_CPU_WIDTH}, got "
+                             f"{width}; use backend='torch'")
+    return backend
+
+
 def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-                  activation: str | None = None) -> torch.Tensor:
+                  activation: str | None = None, *, backend: str = "auto") -> torch.Tensor:
     """Causal depthwise convolution over the last axis.
 
     Args:
@@ -45,6 +71,8 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
         weight: (dim, width) one filter per channel; tap ``width - 1`` multiplies the current position.
         bias: optional (dim,).
         activation: None, "silu" or "swish" (the same thing).
+        backend: "auto", "torch" or "cpu" (widths up to 4; its output is a view of a channels-last tensor).
+            "auto" takes "cpu" for CPU tensors when numba is installed and width <= 4, else "torch".
 
     Returns:
         (batch, dim, L) in x's dtype:
@@ -57,6 +85,10 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
         raise ValueError(f"x must have shape (batch, dim, L), got {got}")
     dim = x.shape[1]
     width = _check_weight_bias(weight, bias, dim)
+    if _conv_backend(backend, x.device, width) == "cpu":
+        from .conv_cpu import causal_conv1d_cpu
+
+        return causal_conv1d_cpu(x, weight, bias, activation is not None)
     out = F.conv1d(F.pad(x.to(weight.dtype), (width - 1, 0)), weight.unsqueeze(1), bias, groups=dim)
     return _activate(out, activation).to(x.dtype)
 
