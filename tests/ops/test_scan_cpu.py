@@ -184,6 +184,23 @@ def test_transposed_inputs_are_read_in_place_and_match_contiguous_copies():
         out.backward(grad.transpose(1, 2).contiguous().transpose(1, 2))  # a channels-last output gradient too
     for name in ("u", "delta", "z", "A", "B", "C", "D", "delta_bias"):
         torch.testing.assert_close(leaves[1][name].grad, leaves[0][name].grad, rtol=0, atol=0)
+    # the output follows u's layout and the gradients of u, delta and z their inputs' (no transposing copies)
+    assert outs[0].is_contiguous() and outs[1].stride(1) == 1
+    for name in ("u", "delta", "z"):
+        assert leaves[0][name].grad.is_contiguous() and leaves[1][name].grad.stride(1) == 1, name
+
+
+def test_mixed_layouts_keep_each_gradient_in_its_input_layout():
+    x = mamba_like(1, 24, 4, 20)
+    x["delta"] = x["delta"].transpose(1, 2).contiguous().transpose(1, 2)  # only delta channels last
+    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in x.items()}
+    out = scan(leaves)
+    out.backward(torch.randn(1, 24, 20))
+    assert out.is_contiguous() and leaves["u"].grad.is_contiguous() and leaves["z"].grad.is_contiguous()
+    assert leaves["delta"].grad.stride(1) == 1
+    ref = selective_scan(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], z=x["z"], delta_bias=x["delta_bias"],
+                         delta_softplus=True, backend="reference")
+    torch.testing.assert_close(out.detach(), ref, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize(("dim", "threads", "width"), [(96, 2, 16), (192, 2, 32), (48, 2, 32), (96, 1, 32), (4, 2, 16)])

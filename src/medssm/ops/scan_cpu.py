@@ -50,11 +50,11 @@ assert CHUNK == TILE and LANES % TILE == 0
 # (1, 192, 16, 4096): 64 steps 15.3 ms, 32 steps 13.5, 16 steps 12.5 (no segment pass); 32 keeps the
 # forward's extra memory with gradients under twice its output at N = 16 (the checkpoints are N/32 of it).
 CKPT_EVERY = 2
-# Chunk loads of time-contiguous inputs prefetch the same rows this many steps ahead (the backward, which
-# walks back in time: behind). A block's rows lie L floats apart, one stream per channel and input: more
-# than the hardware prefetcher follows. One thread at (1, 192, 16, 4096), interleaved runs: forward 4.26 ->
-# 3.78 ms, backward 15.2 -> 13.8 ms (2 and 8 chunks ahead measured the same as 4; prefetching the
-# outputs' rows before the stores gained nothing).
+# Chunk loads prefetch the same rows this many steps ahead (the backward, which walks back in time: behind).
+# Time-contiguous inputs: a block's rows lie L floats apart, one stream per channel and input, more than the
+# hardware prefetcher follows. One thread at (1, 192, 16, 4096), interleaved runs: forward 4.26 -> 3.78 ms,
+# backward 15.2 -> 13.8 ms (2 and 8 chunks ahead measured the same as 4; prefetching the outputs' rows
+# before the stores gained nothing). Channel-contiguous inputs (Mamba's): forward 3.87 -> 3.35 ms.
 PREFETCH_AHEAD = 4 * CHUNK
 
 _LOG2E = np.float32(1.4426950408889634)
@@ -218,8 +218,8 @@ def _load_lanes(src, at, s_c, s_t, nl, tn, dst, ahead):
     """dst[j, lane] = src[at + lane * s_c + j * s_t] for lane < nl, j < tn (other entries untouched: lanes past
     nl stay zero). src is a 1-D view of a (b, d, L) tensor's memory, s_c and s_t its channel and time strides:
     time-contiguous (the usual layout) moves 16x16 tiles by shuffles, channel-contiguous (a transposed
-    (b, L, d) tensor, as Mamba's z and delta are) copies each step's lanes as they are. The time-contiguous
-    path prefetches the rows ``ahead`` steps on (see PREFETCH_AHEAD)."""
+    (b, L, d) tensor, as Mamba's z and delta are) copies each step's lanes as they are. Both prefetch the
+    rows ``ahead`` steps on (see PREFETCH_AHEAD)."""
     tiled = nl // TILE * TILE if tn == TILE and (s_t == 1 or s_c == 1) else 0
     if s_t == 1:  # (a branch per tile inside one loop cost the forward 8%)
         for l0 in range(0, tiled, TILE):
@@ -227,6 +227,7 @@ def _load_lanes(src, at, s_c, s_t, nl, tn, dst, ahead):
             _transpose_tile(src, at + l0 * s_c, s_c, dst, l0, LANES)
     else:
         for l0 in range(0, tiled, TILE):
+            _prefetch_rows(src, at + l0 + ahead * s_t, s_t)
             _copy_tile(src, at + l0, s_t, dst, l0, LANES)
     for lane in range(tiled, nl):
         for j in range(tn):
@@ -234,15 +235,19 @@ def _load_lanes(src, at, s_c, s_t, nl, tn, dst, ahead):
 
 
 @_jit
-def _store_lanes(src, dst, at, s_c, nl, tn):
-    """dst[at + lane * s_c + j] = src[j, lane] for lane < nl, j < tn: dst is a 1-D view of a contiguous
-    (b, d, L) output, s_c = L."""
-    tiled = nl // TILE * TILE if tn == TILE else 0
-    for l0 in range(0, tiled, TILE):
-        _transpose_tile(src, l0, LANES, dst, at + l0 * s_c, s_c)
+def _store_lanes(src, dst, at, s_c, s_t, nl, tn):
+    """dst[at + lane * s_c + j * s_t] = src[j, lane] for lane < nl, j < tn: the inverse of _load_lanes, into a
+    1-D view of an output that is time-contiguous (16x16 tiles transposed) or channel-contiguous (copied)."""
+    tiled = nl // TILE * TILE if tn == TILE and (s_t == 1 or s_c == 1) else 0
+    if s_t == 1:
+        for l0 in range(0, tiled, TILE):
+            _transpose_tile(src, l0, LANES, dst, at + l0 * s_c, s_c)
+    else:
+        for l0 in range(0, tiled, TILE):
+            _copy_tile(src, l0, LANES, dst, at + l0, s_t)
     for lane in range(tiled, nl):
         for j in range(tn):
-            dst[at + lane * s_c + j] = src[j, lane]
+            dst[at + lane * s_c + j * s_t] = src[j, lane]
 
 
 @_jit
@@ -346,13 +351,11 @@ def _recur_y(h, tn, t0, bi, gb, gc, Bsel, Csel, a_blk, b_blk, c_blk, dlb, dub, y
 
 @_kernel
 def _scan_fwd(job_lo, job_hi, u, delta, bias, softplus, A, Bsel, Bfix, Csel, Cfix, D, z, strides, job_b, job_c,
-              job_n, chan_per_gb, chan_per_gc, lanes, out, last_state, ckpt, save_ckpt):
+              job_n, chan_per_gb, chan_per_gc, lanes, seqlen, out, last_state, ckpt, save_ckpt):
     """Forward scan for jobs [job_lo, job_hi). u, delta, z: 1-D views of (b, d, L) tensors' memory with
-    element strides strides[0], [1], [2] (z empty when absent); out: (b, d, L) contiguous; Bsel/Csel:
+    element strides strides[0], [1], [2] (z empty when absent); out: 1-D, strides[4]; Bsel/Csel:
     (b, G, N, L), empty when fixed; Bfix/Cfix: (d, N), empty when selective; last_state: (b, d, N); ckpt:
     (b, d, segments, N), the state before every CKPT_EVERY chunks."""
-    seqlen = out.shape[2]
-    out_flat = out.reshape(out.size)
     d_state = A.shape[1]
     has_z = z.shape[0] > 0
     n_chunks = (seqlen + CHUNK - 1) // CHUNK
@@ -391,7 +394,7 @@ def _scan_fwd(job_lo, job_hi, u, delta, bias, softplus, A, Bsel, Bfix, Csel, Cfi
                     for lane in range(lanes):
                         zv = zb[j, lane]
                         yb[j, lane] *= zv * _sigmoid(zv)
-            _store_lanes(yb, out_flat, (bi * out.shape[1] + c0) * seqlen + t0, seqlen, nl, tn)
+            _store_lanes(yb, out, _seq_at(strides, 4, bi, c0, t0), strides[4, 1], strides[4, 2], nl, tn)
         for lane in range(nl):
             for n in range(d_state):
                 last_state[bi, c0 + lane, n] = h[n, lane]
@@ -555,12 +558,12 @@ def _chunk_adjoint(h, mu, dA_acc, dBf_acc, dCf_acc, hs, es, lam, tn, t0, tid, bi
 
 @_kernel
 def _scan_bwd(job_lo, job_hi, tid, u, delta, bias, softplus, A, Bsel, Bfix, Csel, Cfix, D, z, strides, gout, glast,
-              ckpt, job_b, job_c, job_n, chan_per_gb, chan_per_gc, lanes, du_out, ddelta_out, dz_out, dA_part,
+              ckpt, job_b, job_c, job_n, chan_per_gb, chan_per_gc, lanes, seqlen, du_out, ddelta_out, dz_out, dA_part,
               dD_part, dbias_part, dBsel_part, dBfix_part, dCsel_part, dCfix_part):
     """Backward scan for jobs [job_lo, job_hi) on worker ``tid``: gradients w.r.t. u, delta and z, and
     worker ``tid``'s partial sums for A (workers, d, N), D and delta_bias (workers, d), and B and C
     (workers, b, G, N, L) or (workers, d, N). Inputs as in _scan_fwd, gout a 1-D view like them with
-    strides[3]; du_out, ddelta_out, dz_out: (b, d, L) contiguous (dz_out empty without z); glast: the last
+    strides[3]; du_out, ddelta_out, dz_out: 1-D, strides[4], [5], [6] (dz_out empty without z); glast: the last
     state's gradient (b, d, N) or empty.
 
     Segments of CKPT_EVERY chunks are processed last to first: one pass from the segment's checkpoint
@@ -568,9 +571,6 @@ def _scan_bwd(job_lo, job_hi, tid, u, delta, bias, softplus, A, Bsel, Bfix, Csel
     _chunk_adjoint (each state's recomputation, adjoint and B/C gradient sums), then the per-step gradients
     of u and delta. Working on 16-step chunks keeps the buffers in L1/L2 (with 64-step
     chunks, two threads on this machine's two vCPUs ran 5x slower than one: they share a core's caches)."""
-    dim, seqlen = du_out.shape[1], du_out.shape[2]
-    du_flat, ddelta_flat = du_out.reshape(du_out.size), ddelta_out.reshape(ddelta_out.size)
-    dz_flat = dz_out.reshape(dz_out.size)
     d_state = A.shape[1]
     has_bsel = Bsel.shape[0] > 0
     has_csel = Csel.shape[0] > 0
@@ -637,7 +637,6 @@ def _scan_bwd(job_lo, job_hi, tid, u, delta, bias, softplus, A, Bsel, Bfix, Csel
                             yb, sgb, -PREFETCH_AHEAD)
                 _load_lanes(gout, _seq_at(strides, 3, bi, c0, t0), strides[3, 1], strides[3, 2], nl, tn, gyb,
                             -PREFETCH_AHEAD)
-                at = (bi * dim + c0) * seqlen + t0  # of this chunk in the contiguous outputs
                 if has_z:  # the gate: gy = g silu(z) now; dz = g sg (1 + z (1 - sg)) y once y is known
                     _load_lanes(z, _seq_at(strides, 2, bi, c0, t0), strides[2, 1], strides[2, 2], nl, tn, zb,
                                 -PREFETCH_AHEAD)
@@ -662,7 +661,7 @@ def _scan_bwd(job_lo, job_hi, tid, u, delta, bias, softplus, A, Bsel, Bfix, Csel
                     for j in range(tn):
                         for lane in range(lanes):
                             zb[j, lane] *= yb[j, lane]  # now dL/dz
-                    _store_lanes(zb, dz_flat, at, seqlen, nl, tn)
+                    _store_lanes(zb, dz_out, _seq_at(strides, 6, bi, c0, t0), strides[6, 1], strides[6, 2], nl, tn)
                 for j in range(tn):
                     for lane in range(lanes):
                         ddl[j, lane] += sb[j, lane] * ub[j, lane]
@@ -674,8 +673,8 @@ def _scan_bwd(job_lo, job_hi, tid, u, delta, bias, softplus, A, Bsel, Bfix, Csel
                     for lane in range(lanes):
                         sb[j, lane] = sb[j, lane] * dlb[j, lane] + d_blk[lane] * gyb[j, lane]  # now dL/du
                         dbias_acc[lane] += ddl[j, lane]
-                _store_lanes(sb, du_flat, at, seqlen, nl, tn)
-                _store_lanes(ddl, ddelta_flat, at, seqlen, nl, tn)
+                _store_lanes(sb, du_out, _seq_at(strides, 4, bi, c0, t0), strides[4, 1], strides[4, 2], nl, tn)
+                _store_lanes(ddl, ddelta_out, _seq_at(strides, 5, bi, c0, t0), strides[5, 1], strides[5, 2], nl, tn)
         for lane in range(nl):
             dD_part[tid, c0 + lane] += dD_acc[lane]
             dbias_part[tid, c0 + lane] += dbias_acc[lane]
@@ -749,6 +748,18 @@ def _sequence(t: torch.Tensor) -> tuple[np.ndarray, tuple[int, int, int]]:
     return flat.reshape(-1), tuple(st // 4 for st in flat.strides)
 
 
+def _new_sequence(batch: int, dim: int, seqlen: int, like: np.ndarray) -> tuple[torch.Tensor, np.ndarray, tuple]:
+    """A new fp32 (b, d, L) tensor, channels last when the sequence whose element strides are ``like`` has its
+    channel axis contiguous and its time axis not (Mamba's transposed tensors: their gradients and the scan's
+    output then reach the next op without a transposing copy), else contiguous; with its 1-D NumPy view and
+    its element strides."""
+    if like[1] == 1 and like[2] != 1:
+        t = torch.empty(batch, seqlen, dim).transpose(1, 2)
+    else:
+        t = torch.empty(batch, dim, seqlen)
+    return t, t.as_strided((t.numel(),), (1,)).numpy(), t.stride()
+
+
 def _bc_layout(t: torch.Tensor, dim: int) -> tuple[np.ndarray, np.ndarray, int]:
     """B or C as (selective (b, G, N, L), fixed (d, N), channels per group); the unused one is empty. The
     selective layout is the caller's, so a contiguous fp32 B or C is read in place; each state's steps are
@@ -769,8 +780,9 @@ class _Plan:
         self.Csel, self.Cfix, self.cpg_c = _bc_layout(C, dim)
         zeros = np.zeros(dim, np.float32)
         bias = zeros if delta_bias is None else _f32(delta_bias)
-        # u, delta, z (and the backward's output gradient) as 1-D views with their strides in rows 0-3
-        self.strides = np.zeros((4, 3), np.int64)
+        # u, delta, z and the backward's output gradient as 1-D views with their strides in rows 0-3; rows 4-6
+        # hold the strides of the outputs: the forward's out or the backward's du (laid out as u), ddelta, dz
+        self.strides = np.zeros((7, 3), np.int64)
         seqs = []
         for row, t in enumerate((u, delta, z)):
             flat, strides = _sequence(t) if t is not None else (np.zeros(0, np.float32), (0, 0, 0))
@@ -827,26 +839,30 @@ def _run_jobs(kernel, n_jobs: int, workers: int, *args, with_tid: bool = False) 
 
 
 def scan_forward(plan: _Plan, save_ckpt: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Run the forward kernel: out (b, d, L) fp32, last state (b, d, N), chunk-start states or empty."""
+    """Run the forward kernel: out (b, d, L) fp32 laid out as u, last state (b, d, N), chunk-start states or
+    empty."""
     batch, dim, seqlen, d_state = plan.shape
-    out = torch.empty(batch, dim, seqlen)
+    out, out_np, plan.strides[4] = _new_sequence(batch, dim, seqlen, plan.strides[0])
     last = torch.empty(batch, dim, d_state)
     n_segments = -(-seqlen // (CHUNK * CKPT_EVERY))
     ckpt = torch.empty(batch, dim, n_segments, d_state) if save_ckpt else torch.empty(0, 0, 0, 0)
     n_jobs = len(plan.fwd_jobs[0])
     _run_jobs(_scan_fwd, n_jobs, _workers(n_jobs), *plan.args, *plan.fwd_jobs, plan.cpg_b, plan.cpg_c,
-              plan.fwd_lanes, out.numpy(), last.numpy(), ckpt.numpy(), save_ckpt)
+              plan.fwd_lanes, seqlen, out_np, last.numpy(), ckpt.numpy(), save_ckpt)
     return out, last, ckpt
 
 
 def scan_backward(plan: _Plan, ckpt: torch.Tensor, gout: torch.Tensor,
                   glast: torch.Tensor | None = None) -> dict[str, torch.Tensor | None]:
     """Run the backward kernel for output gradient ``gout`` (b, d, L) and last-state gradient ``glast``
-    (b, d, N) or None; returns fp32 gradients keyed by argument name (z: None when absent)."""
+    (b, d, N) or None; returns fp32 gradients keyed by argument name (z: None when absent), those of u, delta
+    and z laid out as their inputs (see _new_sequence)."""
     batch, dim, seqlen, d_state = plan.shape
     workers = _workers(plan.n_jobs)
-    grads = {"u": torch.empty(batch, dim, seqlen), "delta": torch.empty(batch, dim, seqlen),
-             "z": torch.empty(batch, dim, seqlen) if plan.has_z else None}
+    grads, flats = {"z": None}, {"z": np.zeros(0, np.float32)}
+    for row, name in enumerate(("u", "delta", "z")):
+        if name != "z" or plan.has_z:
+            grads[name], flats[name], plan.strides[4 + row] = _new_sequence(batch, dim, seqlen, plan.strides[row])
     # per-worker partial sums in NumPy (zero pages from the OS; a torch fill would be a parallel op)
     parts = {"A": np.zeros((workers, dim, d_state), np.float32), "D": np.zeros((workers, dim), np.float32),
              "delta_bias": np.zeros((workers, dim), np.float32)}
@@ -857,8 +873,7 @@ def scan_backward(plan: _Plan, ckpt: torch.Tensor, gout: torch.Tensor,
     glast_np = empty3 if glast is None else _f32(glast)
     gout_flat, plan.strides[3] = _sequence(gout)
     _run_jobs(_scan_bwd, plan.n_jobs, workers, *plan.args, gout_flat, glast_np, ckpt.numpy(), *plan.jobs,
-              plan.cpg_b, plan.cpg_c, LANES, grads["u"].numpy(), grads["delta"].numpy(),
-              empty3 if grads["z"] is None else grads["z"].numpy(),
+              plan.cpg_b, plan.cpg_c, LANES, seqlen, flats["u"], flats["delta"], flats["z"],
               parts["A"], parts["D"], parts["delta_bias"],
               parts["B"] if b_sel else empty5, empty3 if b_sel else parts["B"],
               parts["C"] if c_sel else empty5, empty3 if c_sel else parts["C"],
