@@ -69,6 +69,14 @@ def cmd_bench_openmp(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_layer(args: argparse.Namespace) -> int:
+    from medssm.bench import layer
+
+    layer.run(d_model=args.d_model, d_state=args.d_state, batch=args.batch, seqlen=args.length,
+              repeats=args.repeats, threads=args.threads)
+    return 0
+
+
 def cmd_bench_mixer(args: argparse.Namespace) -> int:
     from medssm.bench import mixer
 
@@ -209,6 +217,16 @@ def build_parser() -> argparse.ArgumentParser:
     mix.add_argument("--repeats", type=int, default=10)
     mix.add_argument("--threads", type=int, default=None)
     mix.set_defaults(func=cmd_bench_mixer)
+
+    lay = bench_sub.add_parser("layer", help="Mamba and Mamba2 layers, forward and forward+backward, with the "
+                                             "pure-torch ops against the numba kernels")
+    lay.add_argument("--d-model", type=int, default=96)
+    lay.add_argument("--d-state", type=int, default=16)
+    lay.add_argument("--batch", type=int, default=1)
+    lay.add_argument("--length", type=int, default=4096)
+    lay.add_argument("--repeats", type=int, default=10)
+    lay.add_argument("--threads", type=int, default=None)
+    lay.set_defaults(func=cmd_bench_layer)
 
     omp = bench_sub.add_parser("openmp", help="cpu scan after a parallel torch op vs after a pause, and a "
                                               "torch training step, under the OpenMP spin setting in effect")

@@ -67,6 +67,7 @@ class Mamba(nn.Module):
         dt_init: "random" (uniform) or "constant" init of dt_proj.weight, at scale dt_scale / sqrt(dt_rank).
         conv_bias: bias in conv1d. bias: biases in in_proj and out_proj.
         scan_backend: selective_scan backend ("auto", "reference", "torch", "cpu").
+        conv_backend: causal_conv1d backend ("auto", "torch", "cpu").
         layer_idx: this layer's index in a stack (kept for the caller's cache bookkeeping).
     """
 
@@ -74,7 +75,7 @@ class Mamba(nn.Module):
                  dt_rank: int | str = "auto", dt_min: float = 0.001, dt_max: float = 0.1,
                  dt_init: str = "random", dt_scale: float = 1.0, dt_init_floor: float = 1e-4,
                  conv_bias: bool = True, bias: bool = False, scan_backend: str = "auto",
-                 layer_idx: int | None = None, device=None, dtype=None) -> None:
+                 conv_backend: str = "auto", layer_idx: int | None = None, device=None, dtype=None) -> None:
         super().__init__()
         factory = {"device": device, "dtype": dtype}
         self.d_model = d_model
@@ -84,6 +85,7 @@ class Mamba(nn.Module):
         self.d_inner = int(expand * d_model)
         self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else dt_rank
         self.scan_backend = scan_backend
+        self.conv_backend = conv_backend
         self.layer_idx = layer_idx
 
         self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias, **factory)
@@ -144,7 +146,7 @@ class Mamba(nn.Module):
         """One scan direction on x and gate z (batch, d_inner, L): causal conv + SiLU, x_proj, dt_proj, gated
         selective scan -> (batch, d_inner, L) (and the last state); the parameters are passed so that
         bidirectional variants (Vim's ``*_b`` branch) reuse it."""
-        u = causal_conv1d(x, conv1d.weight.squeeze(1), conv1d.bias, activation="silu")
+        u = causal_conv1d(x, conv1d.weight.squeeze(1), conv1d.bias, activation="silu", backend=self.conv_backend)
         # Under mixed precision the projections feeding the scan and the scan itself stay in fp32: a half-
         # precision delta or scan output is where NaN/Inf appear (VMamba#138, U-Mamba#8).
         with torch.autocast(u.device.type, enabled=False):

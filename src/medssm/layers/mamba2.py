@@ -39,6 +39,7 @@ class Mamba2(nn.Module):
         dt_limit: (min, max) clamp on dt after the softplus.
         bias: biases in in_proj and out_proj. conv_bias: bias in conv1d.
         chunk_size: SSD chunk length.
+        conv_backend: causal_conv1d backend ("auto", "torch", "cpu").
         layer_idx: this layer's index in a stack (kept for the caller's cache bookkeeping).
     """
 
@@ -47,8 +48,8 @@ class Mamba2(nn.Module):
                  rmsnorm: bool = True, norm_before_gate: bool = False, dt_min: float = 0.001,
                  dt_max: float = 0.1, dt_init_floor: float = 1e-4,
                  dt_limit: tuple[float, float] = (0.0, float("inf")), bias: bool = False,
-                 conv_bias: bool = True, chunk_size: int = 256, layer_idx: int | None = None,
-                 device=None, dtype=None) -> None:
+                 conv_bias: bool = True, chunk_size: int = 256, conv_backend: str = "auto",
+                 layer_idx: int | None = None, device=None, dtype=None) -> None:
         super().__init__()
         factory = {"device": device, "dtype": dtype}
         self.d_model = d_model
@@ -70,6 +71,7 @@ class Mamba2(nn.Module):
         self.norm_before_gate = norm_before_gate
         self.dt_limit = tuple(dt_limit)
         self.chunk_size = chunk_size
+        self.conv_backend = conv_backend
         self.layer_idx = layer_idx
         self.conv_dim = self.d_inner + 2 * ngroups * d_state
 
@@ -118,7 +120,8 @@ class Mamba2(nn.Module):
             conv_state, ssm_state = cache
             self._check_cache(conv_state, ssm_state, batch)
             conv_state.copy_(last_window(xBC, self.d_conv))
-        xBC = causal_conv1d(xBC, self.conv1d.weight.squeeze(1), self.conv1d.bias, activation="silu")
+        xBC = causal_conv1d(xBC, self.conv1d.weight.squeeze(1), self.conv1d.bias, activation="silu",
+                            backend=self.conv_backend)
         x, B, C = xBC.transpose(1, 2).split([self.d_inner, self.ngroups * self.d_state,
                                              self.ngroups * self.d_state], dim=-1)
         y = ssd_chunk_scan(
