@@ -14,15 +14,19 @@ Why it is laid out this way (see DESIGN.md, "Prior art for the scan"):
 - Jobs (batch element, channel block) are split over Python threads running nogil kernels. Lanes past
   the end of a block are padded with zeros (exp(0 * A) = 1 and zero input keep their state at zero).
 - Forward keeps only the state every 32 steps when gradients are needed (batch, d, L/32, N); the
-  backward recomputes each chunk's states and decays from there, then runs the adjoint recurrence
-  lambda_t = gy_t C_t + a_{t+1} lambda_{t+1} backwards through the chunk. Nothing of size
-  (batch, d, L, N) is ever stored.
+  backward recomputes each chunk's states and decays from there, one state at a time, then runs that
+  state's adjoint recurrence lambda_t = gy_t C_t + a_{t+1} lambda_{t+1} backwards through the chunk. Nothing
+  of size (batch, d, L, N) is ever stored.
+- Chunk loads prefetch the rows they will need a few chunks on (software prefetch: one stream per
+  channel is more than the hardware prefetcher follows).
 - Gradients of parameters shared across jobs (A, D, B, C) go to per-thread partial buffers summed after.
 
 delta's bias and softplus are fused into the kernels (a vectorisable softplus), so the forward allocates
 nothing of size (batch, d, L) besides its output. u, delta, z and the output gradient are read in place
 when fp32 with their time or channel axis contiguous (Mamba's delta and z are transposed (b, L, d)
-tensors); inputs in other dtypes or layouts are converted to contiguous fp32 first.
+tensors); inputs in other dtypes or layouts are converted to contiguous fp32 first. Selective B and C are
+read in their own (b, G, N, L) layout. The output follows u's layout, and the gradients of u, delta and z
+their inputs' (channels last or contiguous), so that they reach the next op without a transposing copy.
 """
 
 from __future__ import annotations
