@@ -11,10 +11,10 @@ channels last, see conv_cpu.py); "auto" takes "cpu" for CPU tensors when numba i
 
 from __future__ import annotations
 
-import importlib.util
-
 import torch
 import torch.nn.functional as F
+
+from .selective_scan import _numba_available
 
 ACTIVATIONS = (None, "silu", "swish")
 BACKENDS = ("torch", "cpu")
@@ -46,7 +46,7 @@ MAX_CPU_WIDTH = 4  # the "cpu" kernels' taps, as the causal_conv1d package's CUD
 
 
 def _conv_backend(backend: str, device: torch.device, width: int) -> str:
-    numba = importlib.util.find_spec("numba") is not None
+    numba = _numba_available()
     if backend == "auto":
         return "cpu" if device.type == "cpu" and numba and width <= MAX_CPU_WIDTH else "torch"
     if backend not in BACKENDS:
