@@ -221,3 +221,28 @@ def test_backward_refuses_inputs_changed_in_place_after_the_forward(name):
         leaves[name].add_(1.0)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         out.sum().backward()
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_gradients_match_the_reference_around_segment_and_tile_edges(channels_last):
+    """The backward works a checkpoint segment at a time, loading whole 16-step tiles and the rest step by
+    step: lengths just below, at and past a segment, and a partial segment with whole tiles and a remainder."""
+    from medssm.ops import scan_cpu
+
+    seg, tile = scan_cpu.SEGMENT, scan_cpu.TILE
+    for seqlen in (seg - 1, seg, seg + 1, 2 * seg + tile + 3):
+        x = mamba_like(1, 35, 4, seqlen, seed=seqlen)  # 35 channels: a whole 32-lane block and a 3-lane one
+        if channels_last:
+            x.update({k: x[k].transpose(1, 2).contiguous().transpose(1, 2) for k in ("u", "delta", "z")})
+        grads = []
+        for backend in ("cpu", "reference"):
+            leaves = {k: v.detach().clone().requires_grad_(True) for k, v in x.items()}
+            out, last = selective_scan(leaves["u"], leaves["delta"], leaves["A"], leaves["B"], leaves["C"],
+                                       leaves["D"], z=leaves["z"], delta_bias=leaves["delta_bias"],
+                                       delta_softplus=True, return_last_state=True, backend=backend)
+            gen = torch.Generator().manual_seed(1)
+            (out * torch.randn(out.shape, generator=gen)).sum().add((last * 0.3).sum()).backward()
+            grads.append({k: v.grad for k, v in leaves.items()})
+        for name in x:
+            torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-3, atol=1e-3,
+                                       msg=lambda m, n=name, s=seqlen: f"{n} at L={s}: {m}")

@@ -13,10 +13,10 @@ Why it is laid out this way (see DESIGN.md, "Prior art for the scan"):
   (or, backwards, an adjoint) stays in a register for 4 steps instead of going through memory each step.
 - Jobs (batch element, channel block) are split over Python threads running nogil kernels. Lanes past
   the end of a block are padded with zeros (exp(0 * A) = 1 and zero input keep their state at zero).
-- Forward keeps only the state every 32 steps when gradients are needed (batch, d, L/32, N); the
-  backward recomputes each chunk's states and decays from there, one state at a time, then runs that
-  state's adjoint recurrence lambda_t = gy_t C_t + a_{t+1} lambda_{t+1} backwards through the chunk. Nothing
-  of size (batch, d, L, N) is ever stored.
+- Forward keeps only the state every 64 steps when gradients are needed (batch, d, L/64, N); the
+  backward recomputes each segment's states and decays from its checkpoint, one state at a time, then runs
+  that state's adjoint recurrence lambda_t = gy_t C_t + a_{t+1} lambda_{t+1} backwards through the segment.
+  Nothing of size (batch, d, L, N) is ever stored.
 - Chunk loads prefetch the rows they will need a few chunks on (software prefetch: one stream per
   channel is more than the hardware prefetcher follows).
 - Gradients of parameters shared across jobs (A, D, B, C) go to per-thread partial buffers summed after.
@@ -50,16 +50,26 @@ LANES = 32
 CHUNK = 16  # time steps per chunk: the unit of work, small enough for the buffers to stay in cache
 TILE = 16  # chunk loads/stores move (TILE lanes x TILE steps) tiles with vector shuffles: one zmm per row
 assert CHUNK == TILE and LANES % TILE == 0
-# The forward keeps the state every CKPT_EVERY chunks (32 steps) for the backward. One thread's backward at
-# (1, 192, 16, 4096): 64 steps 15.3 ms, 32 steps 13.5, 16 steps 12.5 (no segment pass); 32 keeps the
-# forward's extra memory with gradients under twice its output at N = 16 (the checkpoints are N/32 of it).
-CKPT_EVERY = 2
+# The forward keeps the state every CKPT_EVERY chunks (64 steps) for the backward, which works on the
+# SEGMENT steps between two checkpoints at a time. Backward at (1, 192, 16, 4096), interleaved runs of the
+# variants, ms: segments of 16 / 32 / 64 / 128 steps 11.8 / 13.6 / 10.6 / 11.4 on one thread; 32 / 64 / 128
+# steps 7.0 / 6.6 / 6.0 on two; at (2, 384, 16, 4096) on two threads 64 steps 22.9, 128 steps 23.8, and at
+# (1, 96, 16, 16384) 16.9 and 18.0. The checkpoints are N/64 the size of the output.
+CKPT_EVERY = 4
 # Chunk loads prefetch the same rows this many steps ahead (the backward, which walks back in time: behind).
 # Time-contiguous inputs: a block's rows lie L floats apart, one stream per channel and input, more than the
 # hardware prefetcher follows. One thread at (1, 192, 16, 4096), interleaved runs: forward 4.26 -> 3.78 ms,
 # backward 15.2 -> 13.8 ms (2 and 8 chunks ahead measured the same as 4; prefetching the outputs' rows
 # before the stores gained nothing). Channel-contiguous inputs (Mamba's): forward 3.87 -> 3.35 ms.
 PREFETCH_AHEAD = 4 * CHUNK
+# The backward works a segment (the steps between two checkpoints) at a time. Its buffers are slots of one
+# (_N_SLOTS, SEGMENT + 1, LANES) array: loaded inputs and per-step terms (_U: u, _DL: delta after bias and
+# softplus, _DU: dl u, _Y: y, _SG: softplus', _Z: z then dz, _GY: dL/dy, _DDL: dL/d delta, _SB: sum_n lambda B
+# then dL/du) and one state's scratch rows (_ES: exps, _HS: states, _LAM: adjoints, _PAR: its parameters).
+SEGMENT = CHUNK * CKPT_EVERY
+_U, _DL, _DU, _Y, _SG, _Z, _GY, _DDL, _SB, _ES, _HS, _LAM, _PAR = range(13)
+_N_SLOTS = 13
+_PA, _PB, _PC, _PMU, _PDA = range(5)  # rows of _PAR: the state's A, fixed B and C, carried mu, dA
 
 _LOG2E = np.float32(1.4426950408889634)
 _LN2_HI = np.float32(0.693145751953125)  # ln 2 split so that k * _LN2_HI is exact for |k| < 2**11
@@ -218,46 +228,64 @@ _copy_tile = _tile_mover(transpose=False)
 
 
 @_jit
-def _load_lanes(src, at, s_c, s_t, nl, tn, dst, ahead):
+def _load_lanes(src, at, s_c, s_t, nl, tn, dst, ahead, r0=0):
     """dst[j, lane] = src[at + lane * s_c + j * s_t] for lane < nl, j < tn (other entries untouched: lanes past
     nl stay zero). src is a 1-D view of a (b, d, L) tensor's memory, s_c and s_t its channel and time strides:
     time-contiguous (the usual layout) moves 16x16 tiles by shuffles, channel-contiguous (a transposed
     (b, L, d) tensor, as Mamba's z and delta are) copies each step's lanes as they are. Both prefetch the
-    rows ``ahead`` steps on (see PREFETCH_AHEAD)."""
+    rows ``ahead`` steps on (see PREFETCH_AHEAD). With ``r0``, step j goes to dst row r0 + j instead."""
     tiled = nl // TILE * TILE if tn == TILE and (s_t == 1 or s_c == 1) else 0
     if s_t == 1:  # (a branch per tile inside one loop cost the forward 8%)
         for l0 in range(0, tiled, TILE):
             _prefetch_rows(src, at + l0 * s_c + ahead, s_c)
-            _transpose_tile(src, at + l0 * s_c, s_c, dst, l0, LANES)
+            _transpose_tile(src, at + l0 * s_c, s_c, dst, r0 * LANES + l0, LANES)
     else:
         for l0 in range(0, tiled, TILE):
             _prefetch_rows(src, at + l0 + ahead * s_t, s_t)
-            _copy_tile(src, at + l0, s_t, dst, l0, LANES)
+            _copy_tile(src, at + l0, s_t, dst, r0 * LANES + l0, LANES)
     for lane in range(tiled, nl):
         for j in range(tn):
-            dst[j, lane] = src[at + lane * s_c + j * s_t]
+            dst[r0 + j, lane] = src[at + lane * s_c + j * s_t]
 
 
 @_jit
-def _store_lanes(src, dst, at, s_c, s_t, nl, tn):
+def _store_lanes(src, dst, at, s_c, s_t, nl, tn, r0=0):
     """dst[at + lane * s_c + j * s_t] = src[j, lane] for lane < nl, j < tn: the inverse of _load_lanes, into a
-    1-D view of an output that is time-contiguous (16x16 tiles transposed) or channel-contiguous (copied)."""
+    1-D view of an output that is time-contiguous (16x16 tiles transposed) or channel-contiguous (copied);
+    step j from src row r0 + j."""
     tiled = nl // TILE * TILE if tn == TILE and (s_t == 1 or s_c == 1) else 0
     if s_t == 1:
         for l0 in range(0, tiled, TILE):
-            _transpose_tile(src, l0, LANES, dst, at + l0 * s_c, s_c)
+            _transpose_tile(src, r0 * LANES + l0, LANES, dst, at + l0 * s_c, s_c)
     else:
         for l0 in range(0, tiled, TILE):
-            _copy_tile(src, l0, LANES, dst, at + l0, s_t)
+            _copy_tile(src, r0 * LANES + l0, LANES, dst, at + l0, s_t)
     for lane in range(tiled, nl):
         for j in range(tn):
-            dst[at + lane * s_c + j * s_t] = src[j, lane]
+            dst[at + lane * s_c + j * s_t] = src[r0 + j, lane]
 
 
 @_jit
 def _seq_at(strides, k, bi, c0, t0):
     """Flat offset of element (bi, c0, t0) of sequence tensor k, from its (b, d, L) element strides."""
     return bi * strides[k, 0] + c0 * strides[k, 1] + t0 * strides[k, 2]
+
+
+@_jit
+def _load_steps(src, strides, k, bi, c0, nl, t0, tn, dst, ahead):
+    """dst[j, lane] = sequence tensor k's element (bi, c0 + lane, t0 + j) for lane < nl, j < tn, by _load_lanes
+    on TILE steps at a time (the backward loads SEGMENT steps)."""
+    for j0 in range(0, tn, TILE):
+        _load_lanes(src, _seq_at(strides, k, bi, c0, t0 + j0), strides[k, 1], strides[k, 2], nl, min(TILE, tn - j0),
+                    dst, ahead, j0)
+
+
+@_jit
+def _store_steps(src, dst, strides, k, bi, c0, nl, t0, tn):
+    """The inverse of _load_steps: src[j, lane] into output k's element (bi, c0 + lane, t0 + j)."""
+    for j0 in range(0, tn, TILE):
+        _store_lanes(src, dst, _seq_at(strides, k, bi, c0, t0 + j0), strides[k, 1], strides[k, 2], nl,
+                     min(TILE, tn - j0), j0)
 
 
 @_jit
@@ -287,8 +315,12 @@ def _load_chunk(u, delta, strides, softplus, bias_blk, d_blk, bi, c0, nl, t0, tn
     """Load one chunk of u and delta (sequence tensors 0 and 1 of ``strides``) into (time, lane) buffers and
     prepare per-step terms: dlb = softplus(delta + bias) (or delta + bias), sgb = its derivative (only if
     sgb has rows), dub = dlb * u, and yb = D * u (the skip term the scan adds to)."""
-    _load_lanes(u, _seq_at(strides, 0, bi, c0, t0), strides[0, 1], strides[0, 2], nl, tn, ub, ahead)
-    _load_lanes(delta, _seq_at(strides, 1, bi, c0, t0), strides[1, 1], strides[1, 2], nl, tn, dlb, ahead)
+    if tn <= TILE:
+        _load_lanes(u, _seq_at(strides, 0, bi, c0, t0), strides[0, 1], strides[0, 2], nl, tn, ub, ahead)
+        _load_lanes(delta, _seq_at(strides, 1, bi, c0, t0), strides[1, 1], strides[1, 2], nl, tn, dlb, ahead)
+    else:
+        _load_steps(u, strides, 0, bi, c0, nl, t0, tn, ub, ahead)
+        _load_steps(delta, strides, 1, bi, c0, nl, t0, tn, dlb, ahead)
     # separate branch-free loops: a condition inside the lane loop stopped LLVM from vectorising it
     for j in range(tn):
         for lane in range(lanes):
@@ -405,159 +437,168 @@ def _scan_fwd(job_lo, job_hi, u, delta, bias, softplus, A, Bsel, Bfix, Csel, Cfi
 
 
 @_jit
-def _chunk_adjoint(h, mu, dA_acc, dBf_acc, dCf_acc, hs, es, lam, tn, t0, tid, bi, gb, gc, Bsel, Csel, a_blk, b_blk,
-                   c_blk, dlb, dub, yb, gyb, ddl, sb, dBsel_part, dCsel_part, lanes):
-    """The backward through one chunk's states, one state n at a time (so that its buffers stay in L1):
+def _segment_adjoint(wk, par, mu, dA_acc, dBf_acc, dCf_acc, ckpt, seg_i, tn, t0, tid, bi, c0, nl, gb, gc, Bsel, Csel,
+                     a_blk, b_blk, c_blk, dBsel_part, dCsel_part, lanes):
+    """The backward through one segment (tn <= SEGMENT steps from t0) of a block's states, one state n at a
+    time so that its rows stay in L1; wk holds the segment's loaded inputs and the state's scratch rows
+    (slots as in _scan_bwd):
 
-    1. recompute state n through the chunk as in _recur_y, keeping hs (CHUNK + 1, lanes), hs[0] = h[n] (the
-       state before the chunk) and hs[j + 1] = the state after step j, and es[j] = a_j = exp(dl_j A_n); add
-       h C to y in yb; h[n] ends as the state after the chunk;
+    1. recompute state n from its checkpoint as in _recur_y, keeping wk[_HS] (row 0: the state before the
+       segment, row j + 1: after step j) and wk[_ES][j] = a_j = exp(dl_j A_n); add h C to y in wk[_Y];
     2. run its adjoint backwards, lambda_j = gy_j C_j + a_{j+1} lambda_{j+1}, with mu[n] = a_{j+1} lambda_{j+1}
-       carried in and out, keeping lam[j] = lambda_j and accumulating ddl[j] += lambda a_j h_{j-1} A_n,
+       carried in and out, keeping wk[_LAM][j] = lambda_j and accumulating ddl[j] += lambda a_j h_{j-1} A_n,
        sb[j] += lambda B_j and dA[n] += lambda a_j h_{j-1} dl_j (4 steps per pass, mu in a register);
     3. sum B's and C's gradients, lambda dl u and gy h, over the block's channels (lanes).
 
-    One state at a time rather than each pass over all states (as before): one thread's backward at
-    (1, 192, 16, 4096) 18.2 -> 15.2 ms. One function rather than helpers called per state: every call of an
-    inlined helper costs an atomic reference-count increment and decrement per array argument, which took a
-    quarter of the time when the passes were helpers called per state."""
-    d_state = h.shape[0]
+    The lane loops touch wk alone (the state's A, B, C, mu and dA are copied into wk[_PAR]'s rows first): all
+    their rows then lie at constant distances in one array, so LLVM needs no run-time alias checks, which
+    with a buffer per quantity took ~12% of the backward. One function rather than helpers called per
+    state: every call of an inlined helper costs an atomic reference-count increment and decrement per
+    array argument (a quarter of the time when the three passes were helpers called per state)."""
+    d_state = mu.shape[0]
     has_bsel = Bsel.shape[0] > 0
     has_csel = Csel.shape[0] > 0
     n_blocks = tn // 4
     for n in range(d_state):
         for lane in range(lanes):
-            hs[0, lane] = h[n, lane]
-        for jb in range(tn // 4):
+            par[_PA, lane] = a_blk[n, lane]
+            par[_PB, lane] = b_blk[n, lane]
+            par[_PC, lane] = c_blk[n, lane]
+            par[_PMU, lane] = mu[n, lane]
+            par[_PDA, lane] = _ZERO
+        for lane in range(nl):  # lanes >= nl hold zeros
+            wk[_HS, 0, lane] = ckpt[bi, c0 + lane, seg_i, n]
+        for jb in range(n_blocks):
             j = jb * 4
             b0 = Bsel[bi, gb, n, t0 + j] if has_bsel else _ONE
             b1 = Bsel[bi, gb, n, t0 + j + 1] if has_bsel else _ONE
             b2 = Bsel[bi, gb, n, t0 + j + 2] if has_bsel else _ONE
             b3 = Bsel[bi, gb, n, t0 + j + 3] if has_bsel else _ONE
-            c0 = Csel[bi, gc, n, t0 + j] if has_csel else _ONE
-            c1 = Csel[bi, gc, n, t0 + j + 1] if has_csel else _ONE
-            c2 = Csel[bi, gc, n, t0 + j + 2] if has_csel else _ONE
-            c3 = Csel[bi, gc, n, t0 + j + 3] if has_csel else _ONE
+            q0 = Csel[bi, gc, n, t0 + j] if has_csel else _ONE
+            q1 = Csel[bi, gc, n, t0 + j + 1] if has_csel else _ONE
+            q2 = Csel[bi, gc, n, t0 + j + 2] if has_csel else _ONE
+            q3 = Csel[bi, gc, n, t0 + j + 3] if has_csel else _ONE
             for lane in range(lanes):
-                an = a_blk[n, lane]
-                bn = b_blk[n, lane]
-                cn = c_blk[n, lane]
-                hv = h[n, lane]
-                e = _exp(dlb[j, lane] * an)
-                es[j, lane] = e
-                hv = e * hv + dub[j, lane] * (b0 * bn)
-                hs[j + 1, lane] = hv
-                yb[j, lane] += hv * (c0 * cn)
-                e = _exp(dlb[j + 1, lane] * an)
-                es[j + 1, lane] = e
-                hv = e * hv + dub[j + 1, lane] * (b1 * bn)
-                hs[j + 2, lane] = hv
-                yb[j + 1, lane] += hv * (c1 * cn)
-                e = _exp(dlb[j + 2, lane] * an)
-                es[j + 2, lane] = e
-                hv = e * hv + dub[j + 2, lane] * (b2 * bn)
-                hs[j + 3, lane] = hv
-                yb[j + 2, lane] += hv * (c2 * cn)
-                e = _exp(dlb[j + 3, lane] * an)
-                es[j + 3, lane] = e
-                hv = e * hv + dub[j + 3, lane] * (b3 * bn)
-                hs[j + 4, lane] = hv
-                yb[j + 3, lane] += hv * (c3 * cn)
-                h[n, lane] = hv
-        for j in range(tn // 4 * 4, tn):
+                an = par[_PA, lane]
+                bn = par[_PB, lane]
+                cn = par[_PC, lane]
+                hv = wk[_HS, j, lane]
+                e = _exp(wk[_DL, j, lane] * an)
+                wk[_ES, j, lane] = e
+                hv = e * hv + wk[_DU, j, lane] * (b0 * bn)
+                wk[_HS, j + 1, lane] = hv
+                wk[_Y, j, lane] += hv * (q0 * cn)
+                e = _exp(wk[_DL, j + 1, lane] * an)
+                wk[_ES, j + 1, lane] = e
+                hv = e * hv + wk[_DU, j + 1, lane] * (b1 * bn)
+                wk[_HS, j + 2, lane] = hv
+                wk[_Y, j + 1, lane] += hv * (q1 * cn)
+                e = _exp(wk[_DL, j + 2, lane] * an)
+                wk[_ES, j + 2, lane] = e
+                hv = e * hv + wk[_DU, j + 2, lane] * (b2 * bn)
+                wk[_HS, j + 3, lane] = hv
+                wk[_Y, j + 2, lane] += hv * (q2 * cn)
+                e = _exp(wk[_DL, j + 3, lane] * an)
+                wk[_ES, j + 3, lane] = e
+                hv = e * hv + wk[_DU, j + 3, lane] * (b3 * bn)
+                wk[_HS, j + 4, lane] = hv
+                wk[_Y, j + 3, lane] += hv * (q3 * cn)
+        for j in range(n_blocks * 4, tn):
             bs = Bsel[bi, gb, n, t0 + j] if has_bsel else _ONE
-            cs = Csel[bi, gc, n, t0 + j] if has_csel else _ONE
+            qs = Csel[bi, gc, n, t0 + j] if has_csel else _ONE
             for lane in range(lanes):
-                e = _exp(dlb[j, lane] * a_blk[n, lane])
-                es[j, lane] = e
-                hv = e * h[n, lane] + dub[j, lane] * (bs * b_blk[n, lane])
-                h[n, lane] = hv
-                hs[j + 1, lane] = hv
-                yb[j, lane] += hv * (cs * c_blk[n, lane])
+                e = _exp(wk[_DL, j, lane] * par[_PA, lane])
+                wk[_ES, j, lane] = e
+                hv = e * wk[_HS, j, lane] + wk[_DU, j, lane] * (bs * par[_PB, lane])
+                wk[_HS, j + 1, lane] = hv
+                wk[_Y, j, lane] += hv * (qs * par[_PC, lane])
         for jj in range(tn - n_blocks * 4):  # the steps past the last whole block come first
             j = tn - 1 - jj
             bs = Bsel[bi, gb, n, t0 + j] if has_bsel else _ONE
-            cs = Csel[bi, gc, n, t0 + j] if has_csel else _ONE
+            qs = Csel[bi, gc, n, t0 + j] if has_csel else _ONE
             for lane in range(lanes):
-                e = es[j, lane]
-                lv = gyb[j, lane] * (cs * c_blk[n, lane]) + mu[n, lane]
-                mu[n, lane] = e * lv
-                lam[j, lane] = lv
-                lam_ah = lv * e * hs[j, lane]
-                ddl[j, lane] += lam_ah * a_blk[n, lane]
-                sb[j, lane] += lv * (bs * b_blk[n, lane])
-                dA_acc[n, lane] += lam_ah * dlb[j, lane]
+                e = wk[_ES, j, lane]
+                lv = wk[_GY, j, lane] * (qs * par[_PC, lane]) + par[_PMU, lane]
+                par[_PMU, lane] = e * lv
+                wk[_LAM, j, lane] = lv
+                lam_ah = lv * e * wk[_HS, j, lane]
+                wk[_DDL, j, lane] += lam_ah * par[_PA, lane]
+                wk[_SB, j, lane] += lv * (bs * par[_PB, lane])
+                par[_PDA, lane] += lam_ah * wk[_DL, j, lane]
         for jb in range(n_blocks):
             j = (n_blocks - 1 - jb) * 4
             b0 = Bsel[bi, gb, n, t0 + j] if has_bsel else _ONE
             b1 = Bsel[bi, gb, n, t0 + j + 1] if has_bsel else _ONE
             b2 = Bsel[bi, gb, n, t0 + j + 2] if has_bsel else _ONE
             b3 = Bsel[bi, gb, n, t0 + j + 3] if has_bsel else _ONE
-            c0 = Csel[bi, gc, n, t0 + j] if has_csel else _ONE
-            c1 = Csel[bi, gc, n, t0 + j + 1] if has_csel else _ONE
-            c2 = Csel[bi, gc, n, t0 + j + 2] if has_csel else _ONE
-            c3 = Csel[bi, gc, n, t0 + j + 3] if has_csel else _ONE
+            q0 = Csel[bi, gc, n, t0 + j] if has_csel else _ONE
+            q1 = Csel[bi, gc, n, t0 + j + 1] if has_csel else _ONE
+            q2 = Csel[bi, gc, n, t0 + j + 2] if has_csel else _ONE
+            q3 = Csel[bi, gc, n, t0 + j + 3] if has_csel else _ONE
             for lane in range(lanes):
-                an = a_blk[n, lane]
-                bn = b_blk[n, lane]
-                cn = c_blk[n, lane]
-                m = mu[n, lane]
+                an = par[_PA, lane]
+                bn = par[_PB, lane]
+                cn = par[_PC, lane]
+                m = par[_PMU, lane]
                 da = _ZERO
                 # step j + 3
-                e = es[j + 3, lane]
-                lv = gyb[j + 3, lane] * (c3 * cn) + m
+                e = wk[_ES, j + 3, lane]
+                lv = wk[_GY, j + 3, lane] * (q3 * cn) + m
                 m = e * lv
-                lam[j + 3, lane] = lv
-                lam_ah = lv * e * hs[j + 3, lane]
-                ddl[j + 3, lane] += lam_ah * an
-                sb[j + 3, lane] += lv * (b3 * bn)
-                da += lam_ah * dlb[j + 3, lane]
+                wk[_LAM, j + 3, lane] = lv
+                lam_ah = lv * e * wk[_HS, j + 3, lane]
+                wk[_DDL, j + 3, lane] += lam_ah * an
+                wk[_SB, j + 3, lane] += lv * (b3 * bn)
+                da += lam_ah * wk[_DL, j + 3, lane]
                 # step j + 2
-                e = es[j + 2, lane]
-                lv = gyb[j + 2, lane] * (c2 * cn) + m
+                e = wk[_ES, j + 2, lane]
+                lv = wk[_GY, j + 2, lane] * (q2 * cn) + m
                 m = e * lv
-                lam[j + 2, lane] = lv
-                lam_ah = lv * e * hs[j + 2, lane]
-                ddl[j + 2, lane] += lam_ah * an
-                sb[j + 2, lane] += lv * (b2 * bn)
-                da += lam_ah * dlb[j + 2, lane]
+                wk[_LAM, j + 2, lane] = lv
+                lam_ah = lv * e * wk[_HS, j + 2, lane]
+                wk[_DDL, j + 2, lane] += lam_ah * an
+                wk[_SB, j + 2, lane] += lv * (b2 * bn)
+                da += lam_ah * wk[_DL, j + 2, lane]
                 # step j + 1
-                e = es[j + 1, lane]
-                lv = gyb[j + 1, lane] * (c1 * cn) + m
+                e = wk[_ES, j + 1, lane]
+                lv = wk[_GY, j + 1, lane] * (q1 * cn) + m
                 m = e * lv
-                lam[j + 1, lane] = lv
-                lam_ah = lv * e * hs[j + 1, lane]
-                ddl[j + 1, lane] += lam_ah * an
-                sb[j + 1, lane] += lv * (b1 * bn)
-                da += lam_ah * dlb[j + 1, lane]
+                wk[_LAM, j + 1, lane] = lv
+                lam_ah = lv * e * wk[_HS, j + 1, lane]
+                wk[_DDL, j + 1, lane] += lam_ah * an
+                wk[_SB, j + 1, lane] += lv * (b1 * bn)
+                da += lam_ah * wk[_DL, j + 1, lane]
                 # step j
-                e = es[j, lane]
-                lv = gyb[j, lane] * (c0 * cn) + m
+                e = wk[_ES, j, lane]
+                lv = wk[_GY, j, lane] * (q0 * cn) + m
                 m = e * lv
-                lam[j, lane] = lv
-                lam_ah = lv * e * hs[j, lane]
-                ddl[j, lane] += lam_ah * an
-                sb[j, lane] += lv * (b0 * bn)
-                da += lam_ah * dlb[j, lane]
-                mu[n, lane] = m
-                dA_acc[n, lane] += da
+                wk[_LAM, j, lane] = lv
+                lam_ah = lv * e * wk[_HS, j, lane]
+                wk[_DDL, j, lane] += lam_ah * an
+                wk[_SB, j, lane] += lv * (b0 * bn)
+                da += lam_ah * wk[_DL, j, lane]
+                par[_PMU, lane] = m
+                par[_PDA, lane] += da
+        for lane in range(lanes):
+            mu[n, lane] = par[_PMU, lane]
+            dA_acc[n, lane] += par[_PDA, lane]
         for j in range(tn):
             if has_bsel:
                 acc_b = _ZERO
                 for lane in range(lanes):
-                    acc_b += lam[j, lane] * dub[j, lane]
+                    acc_b += wk[_LAM, j, lane] * wk[_DU, j, lane]
                 dBsel_part[tid, bi, gb, n, t0 + j] += acc_b
             else:
                 for lane in range(lanes):
-                    dBf_acc[n, lane] += lam[j, lane] * dub[j, lane]
+                    dBf_acc[n, lane] += wk[_LAM, j, lane] * wk[_DU, j, lane]
             if has_csel:
                 acc_c = _ZERO
                 for lane in range(lanes):
-                    acc_c += gyb[j, lane] * hs[j + 1, lane]
+                    acc_c += wk[_GY, j, lane] * wk[_HS, j + 1, lane]
                 dCsel_part[tid, bi, gc, n, t0 + j] += acc_c
             else:
                 for lane in range(lanes):
-                    dCf_acc[n, lane] += gyb[j, lane] * hs[j + 1, lane]
+                    dCf_acc[n, lane] += wk[_GY, j, lane] * wk[_HS, j + 1, lane]
 
 
 @_kernel
@@ -570,48 +611,34 @@ def _scan_bwd(job_lo, job_hi, tid, u, delta, bias, softplus, A, Bsel, Bfix, Csel
     strides[3]; du_out, ddelta_out, dz_out: 1-D, strides[4], [5], [6] (dz_out empty without z); glast: the last
     state's gradient (b, d, N) or empty.
 
-    Segments of CKPT_EVERY chunks are processed last to first: one pass from the segment's checkpoint
-    finds each chunk's starting state, then chunks are processed last to first: the gate's gradient, then
-    _chunk_adjoint (each state's recomputation, adjoint and B/C gradient sums), then the per-step gradients
-    of u and delta. Working on 16-step chunks keeps the buffers in L1/L2 (with 64-step
-    chunks, two threads on this machine's two vCPUs ran 5x slower than one: they share a core's caches)."""
+    Segments of SEGMENT steps (one checkpoint each) are processed last to first: load the segment, the
+    gate's gradient, then _segment_adjoint (each state's recomputation from its checkpoint, adjoint and B/C
+    gradient sums), then the per-step gradients of u and delta. At (1, 192, 16, 4096), interleaved runs:
+    one thread 17.5 -> 10.6 ms, two 7.9 -> 6.6 ms against the previous kernel, which worked on 16-step
+    chunks (a pass over each 32-step segment's first chunk found the second's starting state) with a buffer
+    per quantity."""
     d_state = A.shape[1]
-    has_bsel = Bsel.shape[0] > 0
-    has_csel = Csel.shape[0] > 0
     has_z = z.shape[0] > 0
-    n_chunks = (seqlen + CHUNK - 1) // CHUNK
-    n_segments = (n_chunks + CKPT_EVERY - 1) // CKPT_EVERY
-    # the running state, states h_{t0-1 .. t0+tn-1} of one chunk (hs[:, 0]: its starting state), the
-    # starting states of one segment's chunks, and the chunk's adjoints lambda_t; constant widths as in
-    # _scan_fwd
-    h = np.empty((d_state, LANES), np.float32)
-    hs = np.empty((CHUNK + 1, LANES), np.float32)
-    es = np.empty((CHUNK, LANES), np.float32)
-    seg = np.empty((CKPT_EVERY, d_state, LANES), np.float32)
-    lam = np.empty((CHUNK, LANES), np.float32)
+    n_segments = (seqlen + SEGMENT - 1) // SEGMENT
+    # the segment's buffers as slots (_U, _DL, ...) of one array; SEGMENT + 1 rows, so that the slots are
+    # not 4 KiB apart (a multiple of 4 KiB would put row j of every slot in the same L1 cache set)
+    wk = np.empty((_N_SLOTS, SEGMENT + 1, LANES), np.float32)
+    par = np.empty((5, LANES), np.float32)
     mu = np.empty((d_state, LANES), np.float32)  # a_{t+1} * lambda_{t+1}, carried backwards
     dA_acc = np.empty((d_state, LANES), np.float32)
     dBf_acc = np.empty((d_state, LANES), np.float32)
     dCf_acc = np.empty((d_state, LANES), np.float32)
     dD_acc = np.empty(LANES, np.float32)
     dbias_acc = np.empty(LANES, np.float32)
-    dlb = np.empty((CHUNK, LANES), np.float32)
-    sgb = np.empty((CHUNK if softplus else 0, LANES), np.float32)
-    ub = np.empty((CHUNK, LANES), np.float32)
-    dub = np.empty((CHUNK, LANES), np.float32)
-    zb = np.empty((CHUNK, LANES), np.float32)
-    gyb = np.empty((CHUNK, LANES), np.float32)  # dL/dy before the gate
-    yb = np.empty((CHUNK, LANES), np.float32)
-    ddl = np.empty((CHUNK, LANES), np.float32)
-    sb = np.empty((CHUNK, LANES), np.float32)  # sum_n lambda * B, so that du = dl * sb + D * gy
-    no_sig = np.zeros((0, lanes), np.float32)
+    ub, dlb, dub, yb, sgb, zb = wk[_U], wk[_DL], wk[_DU], wk[_Y], wk[_SG], wk[_Z]
+    gyb, ddl, sb = wk[_GY], wk[_DDL], wk[_SB]  # dL/dy before the gate; sb = sum_n lambda B (du = dl sb + D gy)
     for job in range(job_lo, job_hi):
         bi, c0, nl = job_b[job], job_c[job], job_n[job]
         gb = c0 // chan_per_gb
         gc = c0 // chan_per_gc
         a_blk, b_blk, c_blk, d_blk, bias_blk = _block_params(A, Bfix, Cfix, D, bias, c0, nl, lanes)
-        h[:] = _ZERO  # lanes >= nl must hold zeros
-        for buf in (mu, dA_acc, dBf_acc, dCf_acc, dlb, ub, zb, gyb):
+        wk[:] = _ZERO  # lanes >= nl must hold zeros
+        for buf in (mu, dA_acc, dBf_acc, dCf_acc):
             buf[:] = _ZERO
         if glast.shape[0] > 0:  # the last state's gradient starts the adjoint: lambda_{L-1} += dL/dh_{L-1}
             for lane in range(nl):
@@ -621,72 +648,53 @@ def _scan_bwd(job_lo, job_hi, tid, u, delta, bias, softplus, A, Bsel, Bfix, Csel
         dbias_acc[:] = _ZERO
         for sg_ in range(n_segments):
             seg_i = n_segments - 1 - sg_
-            k0 = seg_i * CKPT_EVERY
-            k1 = min(k0 + CKPT_EVERY, n_chunks)
-            for lane in range(nl):
-                for n in range(d_state):
-                    h[n, lane] = ckpt[bi, c0 + lane, seg_i, n]
-            seg[0] = h
-            for k in range(k0, k1 - 1):  # the starting state of each chunk in the segment
-                _load_chunk(u, delta, strides, softplus, bias_blk, d_blk, bi, c0, nl, k * CHUNK, CHUNK, lanes, ub,
-                            dlb, dub, yb, no_sig, -PREFETCH_AHEAD)
-                _recur_y(h, CHUNK, k * CHUNK, bi, gb, gc, Bsel, Csel, a_blk, b_blk, c_blk, dlb, dub, yb, lanes)
-                seg[k - k0 + 1] = h
-            for kk in range(k1 - k0):
-                k = k1 - 1 - kk
-                t0 = k * CHUNK
-                tn = min(CHUNK, seqlen - t0)
-                h[:] = seg[k - k0]
-                _load_chunk(u, delta, strides, softplus, bias_blk, d_blk, bi, c0, nl, t0, tn, lanes, ub, dlb, dub,
-                            yb, sgb, -PREFETCH_AHEAD)
-                _load_lanes(gout, _seq_at(strides, 3, bi, c0, t0), strides[3, 1], strides[3, 2], nl, tn, gyb,
-                            -PREFETCH_AHEAD)
-                if has_z:  # the gate: gy = g silu(z) now; dz = g sg (1 + z (1 - sg)) y once y is known
-                    _load_lanes(z, _seq_at(strides, 2, bi, c0, t0), strides[2, 1], strides[2, 2], nl, tn, zb,
-                                -PREFETCH_AHEAD)
-                    for j in range(tn):
-                        for lane in range(lanes):
-                            zv = zb[j, lane]
-                            sg = _sigmoid(zv)
-                            g = gyb[j, lane]
-                            zb[j, lane] = g * sg * (_ONE + zv * (_ONE - sg))
-                            gyb[j, lane] = g * zv * sg
+            t0 = seg_i * SEGMENT
+            tn = min(SEGMENT, seqlen - t0)
+            _load_chunk(u, delta, strides, softplus, bias_blk, d_blk, bi, c0, nl, t0, tn, lanes, ub, dlb, dub, yb,
+                        sgb, -PREFETCH_AHEAD)
+            _load_steps(gout, strides, 3, bi, c0, nl, t0, tn, gyb, -PREFETCH_AHEAD)
+            if has_z:  # the gate: gy = g silu(z) now; dz = g sg (1 + z (1 - sg)) y once y is known
+                _load_steps(z, strides, 2, bi, c0, nl, t0, tn, zb, -PREFETCH_AHEAD)
                 for j in range(tn):
                     for lane in range(lanes):
-                        dD_acc[lane] += gyb[j, lane] * ub[j, lane]
-                        ddl[j, lane] = _ZERO
-                        sb[j, lane] = _ZERO
-                # one state at a time: recompute its states through the chunk (adding to y), run its adjoint
-                # backwards through them, and sum its B and C gradients over the block's channels (lanes), so
-                # that the state's buffers stay in L1
-                _chunk_adjoint(h, mu, dA_acc, dBf_acc, dCf_acc, hs, es, lam, tn, t0, tid, bi, gb, gc, Bsel, Csel, a_blk,
-                               b_blk, c_blk, dlb, dub, yb, gyb, ddl, sb, dBsel_part, dCsel_part, lanes)
-                if has_z:
-                    for j in range(tn):
-                        for lane in range(lanes):
-                            zb[j, lane] *= yb[j, lane]  # now dL/dz
-                    _store_lanes(zb, dz_out, _seq_at(strides, 6, bi, c0, t0), strides[6, 1], strides[6, 2], nl, tn)
+                        zv = zb[j, lane]
+                        sg = _sigmoid(zv)
+                        g = gyb[j, lane]
+                        zb[j, lane] = g * sg * (_ONE + zv * (_ONE - sg))
+                        gyb[j, lane] = g * zv * sg
+            for j in range(tn):
+                for lane in range(lanes):
+                    dD_acc[lane] += gyb[j, lane] * ub[j, lane]
+                    ddl[j, lane] = _ZERO
+                    sb[j, lane] = _ZERO
+            _segment_adjoint(wk, par, mu, dA_acc, dBf_acc, dCf_acc, ckpt, seg_i, tn, t0, tid, bi, c0, nl, gb, gc, Bsel,
+                             Csel, a_blk, b_blk, c_blk, dBsel_part, dCsel_part, lanes)
+            if has_z:
                 for j in range(tn):
                     for lane in range(lanes):
-                        ddl[j, lane] += sb[j, lane] * ub[j, lane]
-                if softplus:
-                    for j in range(tn):
-                        for lane in range(lanes):
-                            ddl[j, lane] *= sgb[j, lane]  # through softplus: now dL/d(delta + bias)
+                        zb[j, lane] *= yb[j, lane]  # now dL/dz
+                _store_steps(zb, dz_out, strides, 6, bi, c0, nl, t0, tn)
+            for j in range(tn):
+                for lane in range(lanes):
+                    ddl[j, lane] += sb[j, lane] * ub[j, lane]
+            if softplus:
                 for j in range(tn):
                     for lane in range(lanes):
-                        sb[j, lane] = sb[j, lane] * dlb[j, lane] + d_blk[lane] * gyb[j, lane]  # now dL/du
-                        dbias_acc[lane] += ddl[j, lane]
-                _store_lanes(sb, du_out, _seq_at(strides, 4, bi, c0, t0), strides[4, 1], strides[4, 2], nl, tn)
-                _store_lanes(ddl, ddelta_out, _seq_at(strides, 5, bi, c0, t0), strides[5, 1], strides[5, 2], nl, tn)
+                        ddl[j, lane] *= sgb[j, lane]  # through softplus: now dL/d(delta + bias)
+            for j in range(tn):
+                for lane in range(lanes):
+                    sb[j, lane] = sb[j, lane] * dlb[j, lane] + d_blk[lane] * gyb[j, lane]  # now dL/du
+                    dbias_acc[lane] += ddl[j, lane]
+            _store_steps(sb, du_out, strides, 4, bi, c0, nl, t0, tn)
+            _store_steps(ddl, ddelta_out, strides, 5, bi, c0, nl, t0, tn)
         for lane in range(nl):
             dD_part[tid, c0 + lane] += dD_acc[lane]
             dbias_part[tid, c0 + lane] += dbias_acc[lane]
             for n in range(d_state):
                 dA_part[tid, c0 + lane, n] += dA_acc[n, lane]
-                if not has_bsel:
+                if Bsel.shape[0] == 0:
                     dBfix_part[tid, c0 + lane, n] += dBf_acc[n, lane]
-                if not has_csel:
+                if Csel.shape[0] == 0:
                     dCfix_part[tid, c0 + lane, n] += dCf_acc[n, lane]
 
 
