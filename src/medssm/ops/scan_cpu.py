@@ -65,11 +65,11 @@ PREFETCH_AHEAD = 4 * CHUNK
 # The backward works a segment (the steps between two checkpoints) at a time. Its buffers are slots of one
 # (_N_SLOTS, SEGMENT + 1, LANES) array: loaded inputs and per-step terms (_U: u, _DL: delta after bias and
 # softplus, _DU: dl u, _Y: y, _SG: softplus', _Z: z then dz, _GY: dL/dy, _DDL: dL/d delta, _SB: sum_n lambda B
-# then dL/du) and one state's scratch rows (_ES: exps, _HS: states, _LAM: adjoints, _PAR: its parameters).
+# then dL/du) and one state's scratch rows (_ES: exps, _HS: states, _LAM: adjoints).
 SEGMENT = CHUNK * CKPT_EVERY
-_U, _DL, _DU, _Y, _SG, _Z, _GY, _DDL, _SB, _ES, _HS, _LAM, _PAR = range(13)
-_N_SLOTS = 13
-_PA, _PB, _PC, _PMU, _PDA = range(5)  # rows of _PAR: the state's A, fixed B and C, carried mu, dA
+_U, _DL, _DU, _Y, _SG, _Z, _GY, _DDL, _SB, _ES, _HS, _LAM = range(12)
+_N_SLOTS = 12
+_PA, _PB, _PC, _PMU, _PDA = range(5)  # rows of the backward's per-state array: A, fixed B and C, mu, dA
 
 _LOG2E = np.float32(1.4426950408889634)
 _LN2_HI = np.float32(0.693145751953125)  # ln 2 split so that k * _LN2_HI is exact for |k| < 2**11
@@ -441,7 +441,7 @@ def _segment_adjoint(wk, par, mu, dA_acc, dBf_acc, dCf_acc, ckpt, seg_i, tn, t0,
                      a_blk, b_blk, c_blk, dBsel_part, dCsel_part, lanes):
     """The backward through one segment (tn <= SEGMENT steps from t0) of a block's states, one state n at a
     time so that its rows stay in L1; wk holds the segment's loaded inputs and the state's scratch rows
-    (slots as in _scan_bwd):
+    (slots _U ... _LAM):
 
     1. recompute state n from its checkpoint as in _recur_y, keeping wk[_HS] (row 0: the state before the
        segment, row j + 1: after step j) and wk[_ES][j] = a_j = exp(dl_j A_n); add h C to y in wk[_Y];
@@ -450,11 +450,13 @@ def _segment_adjoint(wk, par, mu, dA_acc, dBf_acc, dCf_acc, ckpt, seg_i, tn, t0,
        sb[j] += lambda B_j and dA[n] += lambda a_j h_{j-1} dl_j (4 steps per pass, mu in a register);
     3. sum B's and C's gradients, lambda dl u and gy h, over the block's channels (lanes).
 
-    The lane loops touch wk alone (the state's A, B, C, mu and dA are copied into wk[_PAR]'s rows first): all
-    their rows then lie at constant distances in one array, so LLVM needs no run-time alias checks, which
-    with a buffer per quantity took ~12% of the backward. One function rather than helpers called per
-    state: every call of an inlined helper costs an atomic reference-count increment and decrement per
-    array argument (a quarter of the time when the three passes were helpers called per state)."""
+    The lane loops touch two arrays: wk, whose rows lie at constant distances from each other, and par (5,
+    lanes), the state's A, fixed B and C, carried mu and dA. With a buffer per quantity, LLVM guarded each
+    lane loop with run-time alias checks between every pair (~12% of the backward's samples); with par's
+    rows in wk too it stopped vectorising the loops (a 4x slower backward). One function rather than
+    helpers called per state: every call of an inlined helper costs an atomic reference-count increment and
+    decrement per array argument (a quarter of the time when the three passes were helpers called per
+    state)."""
     d_state = mu.shape[0]
     has_bsel = Bsel.shape[0] > 0
     has_csel = Csel.shape[0] > 0
