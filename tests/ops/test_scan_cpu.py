@@ -166,6 +166,29 @@ def test_transpose_tile_moves_one_tile_between_any_offsets():
     np.testing.assert_array_equal(dst, expected)  # everything outside the tile untouched
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("offset", [0, 16, 5])  # 0 and 16 floats: whole tiles go out as streaming stores
+def test_store_lanes_writes_the_same_with_and_without_streaming_stores(channels_last, offset):
+    """_store_lanes uses non-temporal stores only where every row of a tile is 64-byte aligned."""
+    import numpy as np
+
+    from medssm.ops import scan_cpu
+
+    lanes, steps, dim, seqlen = scan_cpu.LANES, scan_cpu.TILE, 48, 64  # strides of 48 or 64 floats: aligned rows
+    src = np.random.default_rng(0).random((steps, lanes), dtype=np.float32)
+    buf = np.zeros(dim * seqlen + 64, np.float32)
+    base = (-buf.ctypes.data // 4) % 16  # the first 64-byte aligned element of buf
+    flat = buf[base:]
+    s_c, s_t = (1, dim) if channels_last else (seqlen, 1)
+    nl = 35 - 32 if offset == 5 else lanes  # a ragged block too: 3 lanes, all element by element
+    scan_cpu._store_lanes(src, flat, offset, s_c, s_t, nl, steps)
+    expected = np.zeros_like(flat)
+    for lane in range(nl):
+        for j in range(steps):
+            expected[offset + lane * s_c + j * s_t] = src[j, lane]
+    np.testing.assert_array_equal(flat, expected)
+
+
 def test_transposed_inputs_are_read_in_place_and_match_contiguous_copies():
     """Mamba's delta and z are (b, L, d) tensors seen as (b, d, L): the kernels read them without a copy."""
     from medssm.ops import scan_cpu
@@ -224,14 +247,15 @@ def test_backward_refuses_inputs_changed_in_place_after_the_forward(name):
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_gradients_match_the_reference_around_segment_and_tile_edges(channels_last):
+@pytest.mark.parametrize("dim", [35, 48])  # 48: channels-last rows 64-byte aligned (streaming stores)
+def test_gradients_match_the_reference_around_segment_and_tile_edges(channels_last, dim):
     """The backward works a checkpoint segment at a time, loading whole 16-step tiles and the rest step by
     step: lengths just below, at and past a segment, and a partial segment with whole tiles and a remainder."""
     from medssm.ops import scan_cpu
 
     seg, tile = scan_cpu.SEGMENT, scan_cpu.TILE
     for seqlen in (seg - 1, seg, seg + 1, 2 * seg + tile + 3):
-        x = mamba_like(1, 35, 4, seqlen, seed=seqlen)  # 35 channels: a whole 32-lane block and a 3-lane one
+        x = mamba_like(1, dim, 4, seqlen, seed=seqlen)  # a whole 32-lane block and a narrower one
         if channels_last:
             x.update({k: x[k].transpose(1, 2).contiguous().transpose(1, 2) for k in ("u", "delta", "z")})
         grads = []
