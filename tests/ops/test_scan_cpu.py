@@ -189,6 +189,27 @@ def test_store_lanes_writes_the_same_with_and_without_streaming_stores(channels_
     np.testing.assert_array_equal(flat, expected)
 
 
+def test_add_row_sums_adds_each_rows_lane_sum_and_nothing_else():
+    """The backward's B/C gradient sums: TILE rows of LANES lanes, any row stride and offsets."""
+    import numpy as np
+
+    from medssm.ops import scan_cpu
+    from medssm.ops._numba_env import numba
+
+    @numba.njit
+    def add_row_sums(src, src_at, src_stride, dst, dst_at):
+        scan_cpu._add_row_sums(src, src_at, src_stride, dst, dst_at)
+
+    lanes, rows, stride, at = scan_cpu.LANES, scan_cpu.TILE, scan_cpu.LANES + 9, 7
+    rng = np.random.default_rng(0)
+    src = rng.integers(-50, 50, (rows * stride + at,)).astype(np.float32)  # integers: every sum is exact
+    dst = rng.integers(-50, 50, (2, 30)).astype(np.float32)
+    expected = dst.copy()
+    expected[1, 3:3 + rows] += [src[at + i * stride:at + i * stride + lanes].sum() for i in range(rows)]
+    add_row_sums(src, at, stride, dst, 30 + 3)
+    np.testing.assert_array_equal(dst, expected)
+
+
 def test_transposed_inputs_are_read_in_place_and_match_contiguous_copies():
     """Mamba's delta and z are (b, L, d) tensors seen as (b, d, L): the kernels read them without a copy."""
     from medssm.ops import scan_cpu
