@@ -426,50 +426,63 @@ def _load_chunk(u, delta, strides, softplus, bias_blk, d_blk, bi, c0, nl, t0, tn
             yb[j, lane] = d_blk[lane] * ub[j, lane]
 
 
-@_jit
-def _recur_y(h, tn, t0, bi, gb, gc, Bsel, Csel, a_blk, b_blk, c_blk, dlb, dub, yb, lanes):
-    """The recurrence over one chunk, h_j = exp(dl_j A) h_{j-1} + dl_j u_j B_j, and y_j += <h_j, C_j> into yb
-    (which holds D * u); h (N, lanes) holds the state before the chunk and ends as the state after it.
+def _chunk_recurrence(selective: bool):
+    """The forward's chunk recurrence; with ``selective`` compiled for selective B and C only (no branch per
+    B/C value, no multiply by the fixed parameters' ones: forward at (1, 192, 16, 4096) on one thread,
+    interleaved runs, 6.18 -> 5.82 ms, minima 5.81 -> 5.66)."""
 
-    One state n at a time, 4 steps per pass over the lanes, so the state stays in a register for 4 steps
-    (forward at (1, 192, 16, 4096) on one thread: 1 step per pass 1.94 ms, 2 steps 1.70, 4 steps 1.48,
-    8 steps 1.48; the previous time-outer loop, which stored every state, 2.35). The steps are written out:
-    an inner step loop or an inline helper per step kept LLVM from vectorising the lane loop (13 ms)."""
-    d_state = h.shape[0]
-    has_bsel = Bsel.shape[0] > 0
-    has_csel = Csel.shape[0] > 0
-    for n in range(d_state):
-        for jb in range(tn // 4):
-            j = jb * 4
-            b0 = Bsel[bi, gb, n, t0 + j] if has_bsel else _ONE
-            b1 = Bsel[bi, gb, n, t0 + j + 1] if has_bsel else _ONE
-            b2 = Bsel[bi, gb, n, t0 + j + 2] if has_bsel else _ONE
-            b3 = Bsel[bi, gb, n, t0 + j + 3] if has_bsel else _ONE
-            c0 = Csel[bi, gc, n, t0 + j] if has_csel else _ONE
-            c1 = Csel[bi, gc, n, t0 + j + 1] if has_csel else _ONE
-            c2 = Csel[bi, gc, n, t0 + j + 2] if has_csel else _ONE
-            c3 = Csel[bi, gc, n, t0 + j + 3] if has_csel else _ONE
-            for lane in range(lanes):
-                an = a_blk[n, lane]
-                bn = b_blk[n, lane]
-                cn = c_blk[n, lane]
-                hv = h[n, lane]
-                hv = _exp(dlb[j, lane] * an) * hv + dub[j, lane] * (b0 * bn)
-                yb[j, lane] += hv * (c0 * cn)
-                hv = _exp(dlb[j + 1, lane] * an) * hv + dub[j + 1, lane] * (b1 * bn)
-                yb[j + 1, lane] += hv * (c1 * cn)
-                hv = _exp(dlb[j + 2, lane] * an) * hv + dub[j + 2, lane] * (b2 * bn)
-                yb[j + 2, lane] += hv * (c2 * cn)
-                hv = _exp(dlb[j + 3, lane] * an) * hv + dub[j + 3, lane] * (b3 * bn)
-                yb[j + 3, lane] += hv * (c3 * cn)
-                h[n, lane] = hv
-        for j in range(tn // 4 * 4, tn):
-            bs = Bsel[bi, gb, n, t0 + j] if has_bsel else _ONE
-            cs = Csel[bi, gc, n, t0 + j] if has_csel else _ONE
-            for lane in range(lanes):
-                hv = _exp(dlb[j, lane] * a_blk[n, lane]) * h[n, lane] + dub[j, lane] * (bs * b_blk[n, lane])
-                h[n, lane] = hv
-                yb[j, lane] += hv * (cs * c_blk[n, lane])
+    @_jit
+    def recur_y(h, tn, t0, bi, gb, gc, Bsel, Csel, a_blk, b_blk, c_blk, dlb, dub, yb, lanes):
+        """The recurrence over one chunk, h_j = exp(dl_j A) h_{j-1} + dl_j u_j B_j, and y_j += <h_j, C_j> into
+        yb (which holds D * u); h (N, lanes) holds the state before the chunk and ends as the state after it.
+
+        One state n at a time, 4 steps per pass over the lanes, so the state stays in a register for 4 steps
+        (forward at (1, 192, 16, 4096) on one thread: 1 step per pass 1.94 ms, 2 steps 1.70, 4 steps 1.48,
+        8 steps 1.48; the previous time-outer loop, which stored every state, 2.35). The steps are written
+        out: an inner step loop or an inline helper per step kept LLVM from vectorising the lane loop."""
+        d_state = h.shape[0]
+        has_bsel = selective or Bsel.shape[0] > 0
+        has_csel = selective or Csel.shape[0] > 0
+        for n in range(d_state):
+            for jb in range(tn // 4):
+                j = jb * 4
+                b0 = Bsel[bi, gb, n, t0 + j] if has_bsel else _ONE
+                b1 = Bsel[bi, gb, n, t0 + j + 1] if has_bsel else _ONE
+                b2 = Bsel[bi, gb, n, t0 + j + 2] if has_bsel else _ONE
+                b3 = Bsel[bi, gb, n, t0 + j + 3] if has_bsel else _ONE
+                c0 = Csel[bi, gc, n, t0 + j] if has_csel else _ONE
+                c1 = Csel[bi, gc, n, t0 + j + 1] if has_csel else _ONE
+                c2 = Csel[bi, gc, n, t0 + j + 2] if has_csel else _ONE
+                c3 = Csel[bi, gc, n, t0 + j + 3] if has_csel else _ONE
+                for lane in range(lanes):
+                    an = a_blk[n, lane]
+                    bn = _ONE if selective else b_blk[n, lane]
+                    cn = _ONE if selective else c_blk[n, lane]
+                    hv = h[n, lane]
+                    hv = _exp(dlb[j, lane] * an) * hv + dub[j, lane] * (b0 * bn)
+                    yb[j, lane] += hv * (c0 * cn)
+                    hv = _exp(dlb[j + 1, lane] * an) * hv + dub[j + 1, lane] * (b1 * bn)
+                    yb[j + 1, lane] += hv * (c1 * cn)
+                    hv = _exp(dlb[j + 2, lane] * an) * hv + dub[j + 2, lane] * (b2 * bn)
+                    yb[j + 2, lane] += hv * (c2 * cn)
+                    hv = _exp(dlb[j + 3, lane] * an) * hv + dub[j + 3, lane] * (b3 * bn)
+                    yb[j + 3, lane] += hv * (c3 * cn)
+                    h[n, lane] = hv
+            for j in range(tn // 4 * 4, tn):
+                bs = Bsel[bi, gb, n, t0 + j] if has_bsel else _ONE
+                cs = Csel[bi, gc, n, t0 + j] if has_csel else _ONE
+                for lane in range(lanes):
+                    bn = _ONE if selective else b_blk[n, lane]
+                    cn = _ONE if selective else c_blk[n, lane]
+                    hv = _exp(dlb[j, lane] * a_blk[n, lane]) * h[n, lane] + dub[j, lane] * (bs * bn)
+                    h[n, lane] = hv
+                    yb[j, lane] += hv * (cs * cn)
+
+    return recur_y
+
+
+_recur_y = _chunk_recurrence(selective=False)
+_recur_y_selective = _chunk_recurrence(selective=True)
 
 
 @_kernel
@@ -482,6 +495,7 @@ def _scan_fwd(job_lo, job_hi, u, delta, bias, softplus, A, Bsel, Bfix, Csel, Cfi
     d_state = A.shape[1]
     has_z = z.shape[0] > 0
     n_chunks = (seqlen + CHUNK - 1) // CHUNK
+    selective = Bsel.shape[0] > 0 and Csel.shape[0] > 0
     no_sig = np.zeros((0, lanes), np.float32)
     # buffers are allocated once per call and cleared per job; lanes >= nl must hold zeros. Their widths
     # are the constant LANES (not the lanes argument) so that LLVM sees constant row strides and can prove
@@ -509,7 +523,10 @@ def _scan_fwd(job_lo, job_hi, u, delta, bias, softplus, A, Bsel, Bfix, Csel, Cfi
                         ckpt[bi, c0 + lane, k // CKPT_EVERY, n] = h[n, lane]
             _load_chunk(u, delta, strides, softplus, bias_blk, d_blk, bi, c0, nl, t0, tn, lanes, ub, dlb, dub,
                         yb, no_sig, PREFETCH_AHEAD)
-            _recur_y(h, tn, t0, bi, gb, gc, Bsel, Csel, a_blk, b_blk, c_blk, dlb, dub, yb, lanes)
+            if selective:
+                _recur_y_selective(h, tn, t0, bi, gb, gc, Bsel, Csel, a_blk, b_blk, c_blk, dlb, dub, yb, lanes)
+            else:
+                _recur_y(h, tn, t0, bi, gb, gc, Bsel, Csel, a_blk, b_blk, c_blk, dlb, dub, yb, lanes)
             if has_z:
                 _load_lanes(z, _seq_at(strides, 2, bi, c0, t0), strides[2, 1], strides[2, 2], nl, tn, zb,
                             PREFETCH_AHEAD)
@@ -530,190 +547,201 @@ def _flat5(a, i0, i1, i2, i3, i4):
     return (((i0 * a.shape[1] + i1) * a.shape[2] + i2) * a.shape[3] + i3) * a.shape[4] + i4
 
 
-@_jit
-def _segment_adjoint(wk, par, mu, dA_acc, dBf_acc, dCf_acc, ckpt, seg_i, tn, t0, tid, bi, c0, nl, gb, gc, Bsel, Csel,
-                     a_blk, b_blk, c_blk, dBsel_part, dCsel_part, lanes):
-    """The backward through one segment (tn <= SEGMENT steps from t0) of a block's states, one state n at a
-    time so that its rows stay in L1; wk holds the segment's loaded inputs and the state's scratch rows
-    (slots _U ... _LAM):
+def _segment_backward(selective: bool):
+    """The backward's work on one segment (below); with ``selective`` compiled for selective B and C only, as
+    _chunk_recurrence (backward at (1, 192, 16, 4096) on one thread, interleaved runs: 16.1 -> 15.2 ms,
+    minima 15.0 -> 14.2)."""
 
-    1. recompute state n from its checkpoint as in _recur_y, keeping wk[_HS] (row 0: the state before the
-       segment, row j + 1: after step j) and wk[_ES][j] = a_j = exp(dl_j A_n); add h C to y in wk[_Y];
-    2. run its adjoint backwards, lambda_j = gy_j C_j + a_{j+1} lambda_{j+1}, with mu[n] = a_{j+1} lambda_{j+1}
-       carried in and out, keeping wk[_LAM][j] = lambda_j and accumulating ddl[j] += lambda a_j h_{j-1} A_n,
-       sb[j] += lambda B_j and dA[n] += lambda a_j h_{j-1} dl_j (4 steps per pass, mu in a register);
-    3. sum B's and C's gradients, lambda dl u (which the adjoint leaves in wk[_LAM]) and gy h (into wk[_ES],
-       whose exps are no longer needed), over the block's channels (lanes): _add_row_sums per 16-step tile.
-       Storing gy h from inside the adjoint loop stopped LLVM vectorising it (2x slower); a pass of its own
-       does not. Against a horizontal sum per step and state, one thread at (1, 192, 16, 4096), interleaved
-       runs: the sums' share of the backward's profile 19% -> 12%, medians 15.4 -> 14.7, 16.3 -> 15.0,
-       22.0 -> 21.0, 20.5 -> 19.6 ms (the minima within noise of each other): a few per cent.
+    @_jit
+    def segment_adjoint(wk, par, mu, dA_acc, dBf_acc, dCf_acc, ckpt, seg_i, tn, t0, tid, bi, c0, nl, gb, gc, Bsel, Csel,
+                         a_blk, b_blk, c_blk, dBsel_part, dCsel_part, lanes):
+        """The backward through one segment (tn <= SEGMENT steps from t0) of a block's states, one state n at a
+        time so that its rows stay in L1; wk holds the segment's loaded inputs and the state's scratch rows
+        (slots _U ... _LAM):
 
-    The lane loops touch two arrays: wk, whose rows lie at constant distances from each other, and par (5,
-    lanes), the state's A, fixed B and C, carried mu and dA. With a buffer per quantity, LLVM guarded each
-    lane loop with run-time alias checks between every pair (~12% of the backward's samples); with par's
-    rows in wk too it stopped vectorising the loops (a 4x slower backward). One function rather than
-    helpers called per state: every call of an inlined helper costs an atomic reference-count increment and
-    decrement per array argument (a quarter of the time when the three passes were helpers called per
-    state)."""
-    d_state = mu.shape[0]
-    has_bsel = Bsel.shape[0] > 0
-    has_csel = Csel.shape[0] > 0
-    n_blocks = tn // 4
-    for n in range(d_state):
-        for lane in range(lanes):
-            par[_PA, lane] = a_blk[n, lane]
-            par[_PB, lane] = b_blk[n, lane]
-            par[_PC, lane] = c_blk[n, lane]
-            par[_PMU, lane] = mu[n, lane]
-            par[_PDA, lane] = _ZERO
-        for lane in range(nl):  # lanes >= nl hold zeros
-            wk[_HS, 0, lane] = ckpt[bi, c0 + lane, seg_i, n]
-        for jb in range(n_blocks):
-            j = jb * 4
-            b0 = Bsel[bi, gb, n, t0 + j] if has_bsel else _ONE
-            b1 = Bsel[bi, gb, n, t0 + j + 1] if has_bsel else _ONE
-            b2 = Bsel[bi, gb, n, t0 + j + 2] if has_bsel else _ONE
-            b3 = Bsel[bi, gb, n, t0 + j + 3] if has_bsel else _ONE
-            q0 = Csel[bi, gc, n, t0 + j] if has_csel else _ONE
-            q1 = Csel[bi, gc, n, t0 + j + 1] if has_csel else _ONE
-            q2 = Csel[bi, gc, n, t0 + j + 2] if has_csel else _ONE
-            q3 = Csel[bi, gc, n, t0 + j + 3] if has_csel else _ONE
+        1. recompute state n from its checkpoint as in _recur_y, keeping wk[_HS] (row 0: the state before the
+           segment, row j + 1: after step j) and wk[_ES][j] = a_j = exp(dl_j A_n); add h C to y in wk[_Y];
+        2. run its adjoint backwards, lambda_j = gy_j C_j + a_{j+1} lambda_{j+1}, with mu[n] = a_{j+1} lambda_{j+1}
+           carried in and out, keeping wk[_LAM][j] = lambda_j and accumulating ddl[j] += lambda a_j h_{j-1} A_n,
+           sb[j] += lambda B_j and dA[n] += lambda a_j h_{j-1} dl_j (4 steps per pass, mu in a register);
+        3. sum B's and C's gradients, lambda dl u (which the adjoint leaves in wk[_LAM]) and gy h (into wk[_ES],
+           whose exps are no longer needed), over the block's channels (lanes): _add_row_sums per 16-step tile.
+           Storing gy h from inside the adjoint loop stopped LLVM vectorising it (2x slower); a pass of its own
+           does not. Against a horizontal sum per step and state, one thread at (1, 192, 16, 4096), interleaved
+           runs: the sums' share of the backward's profile 19% -> 12%, medians 15.4 -> 14.7, 16.3 -> 15.0,
+           22.0 -> 21.0, 20.5 -> 19.6 ms (the minima within noise of each other): a few per cent.
+
+        The lane loops touch two arrays: wk, whose rows lie at constant distances from each other, and par (5,
+        lanes), the state's A, fixed B and C, carried mu and dA. With a buffer per quantity, LLVM guarded each
+        lane loop with run-time alias checks between every pair (~12% of the backward's samples); with par's
+        rows in wk too it stopped vectorising the loops (a 4x slower backward). One function rather than
+        helpers called per state: every call of an inlined helper costs an atomic reference-count increment and
+        decrement per array argument (a quarter of the time when the three passes were helpers called per
+        state)."""
+        d_state = mu.shape[0]
+        has_bsel = selective or Bsel.shape[0] > 0
+        has_csel = selective or Csel.shape[0] > 0
+        n_blocks = tn // 4
+        for n in range(d_state):
             for lane in range(lanes):
-                an = par[_PA, lane]
-                bn = par[_PB, lane]
-                cn = par[_PC, lane]
-                hv = wk[_HS, j, lane]
-                e = _exp(wk[_DL, j, lane] * an)
-                wk[_ES, j, lane] = e
-                hv = e * hv + wk[_DU, j, lane] * (b0 * bn)
-                wk[_HS, j + 1, lane] = hv
-                wk[_Y, j, lane] += hv * (q0 * cn)
-                e = _exp(wk[_DL, j + 1, lane] * an)
-                wk[_ES, j + 1, lane] = e
-                hv = e * hv + wk[_DU, j + 1, lane] * (b1 * bn)
-                wk[_HS, j + 2, lane] = hv
-                wk[_Y, j + 1, lane] += hv * (q1 * cn)
-                e = _exp(wk[_DL, j + 2, lane] * an)
-                wk[_ES, j + 2, lane] = e
-                hv = e * hv + wk[_DU, j + 2, lane] * (b2 * bn)
-                wk[_HS, j + 3, lane] = hv
-                wk[_Y, j + 2, lane] += hv * (q2 * cn)
-                e = _exp(wk[_DL, j + 3, lane] * an)
-                wk[_ES, j + 3, lane] = e
-                hv = e * hv + wk[_DU, j + 3, lane] * (b3 * bn)
-                wk[_HS, j + 4, lane] = hv
-                wk[_Y, j + 3, lane] += hv * (q3 * cn)
-        for j in range(n_blocks * 4, tn):
-            bs = Bsel[bi, gb, n, t0 + j] if has_bsel else _ONE
-            qs = Csel[bi, gc, n, t0 + j] if has_csel else _ONE
-            for lane in range(lanes):
-                e = _exp(wk[_DL, j, lane] * par[_PA, lane])
-                wk[_ES, j, lane] = e
-                hv = e * wk[_HS, j, lane] + wk[_DU, j, lane] * (bs * par[_PB, lane])
-                wk[_HS, j + 1, lane] = hv
-                wk[_Y, j, lane] += hv * (qs * par[_PC, lane])
-        for jj in range(tn - n_blocks * 4):  # the steps past the last whole block come first
-            j = tn - 1 - jj
-            bs = Bsel[bi, gb, n, t0 + j] if has_bsel else _ONE
-            qs = Csel[bi, gc, n, t0 + j] if has_csel else _ONE
-            for lane in range(lanes):
-                e = wk[_ES, j, lane]
-                lv = wk[_GY, j, lane] * (qs * par[_PC, lane]) + par[_PMU, lane]
-                par[_PMU, lane] = e * lv
-                wk[_LAM, j, lane] = lv * wk[_DU, j, lane]
-                lam_ah = lv * e * wk[_HS, j, lane]
-                wk[_DDL, j, lane] += lam_ah * par[_PA, lane]
-                wk[_SB, j, lane] += lv * (bs * par[_PB, lane])
-                par[_PDA, lane] += lam_ah * wk[_DL, j, lane]
-        for jb in range(n_blocks):
-            j = (n_blocks - 1 - jb) * 4
-            b0 = Bsel[bi, gb, n, t0 + j] if has_bsel else _ONE
-            b1 = Bsel[bi, gb, n, t0 + j + 1] if has_bsel else _ONE
-            b2 = Bsel[bi, gb, n, t0 + j + 2] if has_bsel else _ONE
-            b3 = Bsel[bi, gb, n, t0 + j + 3] if has_bsel else _ONE
-            q0 = Csel[bi, gc, n, t0 + j] if has_csel else _ONE
-            q1 = Csel[bi, gc, n, t0 + j + 1] if has_csel else _ONE
-            q2 = Csel[bi, gc, n, t0 + j + 2] if has_csel else _ONE
-            q3 = Csel[bi, gc, n, t0 + j + 3] if has_csel else _ONE
-            for lane in range(lanes):
-                an = par[_PA, lane]
-                bn = par[_PB, lane]
-                cn = par[_PC, lane]
-                m = par[_PMU, lane]
-                da = _ZERO
-                # step j + 3
-                e = wk[_ES, j + 3, lane]
-                lv = wk[_GY, j + 3, lane] * (q3 * cn) + m
-                m = e * lv
-                wk[_LAM, j + 3, lane] = lv * wk[_DU, j + 3, lane]
-                lam_ah = lv * e * wk[_HS, j + 3, lane]
-                wk[_DDL, j + 3, lane] += lam_ah * an
-                wk[_SB, j + 3, lane] += lv * (b3 * bn)
-                da += lam_ah * wk[_DL, j + 3, lane]
-                # step j + 2
-                e = wk[_ES, j + 2, lane]
-                lv = wk[_GY, j + 2, lane] * (q2 * cn) + m
-                m = e * lv
-                wk[_LAM, j + 2, lane] = lv * wk[_DU, j + 2, lane]
-                lam_ah = lv * e * wk[_HS, j + 2, lane]
-                wk[_DDL, j + 2, lane] += lam_ah * an
-                wk[_SB, j + 2, lane] += lv * (b2 * bn)
-                da += lam_ah * wk[_DL, j + 2, lane]
-                # step j + 1
-                e = wk[_ES, j + 1, lane]
-                lv = wk[_GY, j + 1, lane] * (q1 * cn) + m
-                m = e * lv
-                wk[_LAM, j + 1, lane] = lv * wk[_DU, j + 1, lane]
-                lam_ah = lv * e * wk[_HS, j + 1, lane]
-                wk[_DDL, j + 1, lane] += lam_ah * an
-                wk[_SB, j + 1, lane] += lv * (b1 * bn)
-                da += lam_ah * wk[_DL, j + 1, lane]
-                # step j
-                e = wk[_ES, j, lane]
-                lv = wk[_GY, j, lane] * (q0 * cn) + m
-                m = e * lv
-                wk[_LAM, j, lane] = lv * wk[_DU, j, lane]
-                lam_ah = lv * e * wk[_HS, j, lane]
-                wk[_DDL, j, lane] += lam_ah * an
-                wk[_SB, j, lane] += lv * (b0 * bn)
-                da += lam_ah * wk[_DL, j, lane]
-                par[_PMU, lane] = m
-                par[_PDA, lane] += da
-        for lane in range(lanes):
-            mu[n, lane] = par[_PMU, lane]
-            dA_acc[n, lane] += par[_PDA, lane]
-        for j in range(tn):
-            for lane in range(lanes):
-                wk[_ES, j, lane] = wk[_GY, j, lane] * wk[_HS, j + 1, lane]
-        # B's and C's gradients: wk[_LAM] now holds lambda dl u, wk[_ES] gy h; sums over the block's lanes
-        tiled = tn // TILE * TILE
-        for j0 in range(0, tiled, TILE):
-            if has_bsel:
-                _add_row_sums(wk, (_LAM * (SEGMENT + 1) + j0) * LANES, LANES, dBsel_part,
-                              _flat5(dBsel_part, tid, bi, gb, n, t0 + j0))
-            if has_csel:
-                _add_row_sums(wk, (_ES * (SEGMENT + 1) + j0) * LANES, LANES, dCsel_part,
-                              _flat5(dCsel_part, tid, bi, gc, n, t0 + j0))
-        for j in range(tiled, tn):
-            if has_bsel:
-                acc_b = _ZERO
+                par[_PA, lane] = a_blk[n, lane]
+                par[_PB, lane] = b_blk[n, lane]
+                par[_PC, lane] = c_blk[n, lane]
+                par[_PMU, lane] = mu[n, lane]
+                par[_PDA, lane] = _ZERO
+            for lane in range(nl):  # lanes >= nl hold zeros
+                wk[_HS, 0, lane] = ckpt[bi, c0 + lane, seg_i, n]
+            for jb in range(n_blocks):
+                j = jb * 4
+                b0 = Bsel[bi, gb, n, t0 + j] if has_bsel else _ONE
+                b1 = Bsel[bi, gb, n, t0 + j + 1] if has_bsel else _ONE
+                b2 = Bsel[bi, gb, n, t0 + j + 2] if has_bsel else _ONE
+                b3 = Bsel[bi, gb, n, t0 + j + 3] if has_bsel else _ONE
+                q0 = Csel[bi, gc, n, t0 + j] if has_csel else _ONE
+                q1 = Csel[bi, gc, n, t0 + j + 1] if has_csel else _ONE
+                q2 = Csel[bi, gc, n, t0 + j + 2] if has_csel else _ONE
+                q3 = Csel[bi, gc, n, t0 + j + 3] if has_csel else _ONE
                 for lane in range(lanes):
-                    acc_b += wk[_LAM, j, lane]
-                dBsel_part[tid, bi, gb, n, t0 + j] += acc_b
-            if has_csel:
-                acc_c = _ZERO
+                    an = par[_PA, lane]
+                    bn = _ONE if selective else par[_PB, lane]
+                    cn = _ONE if selective else par[_PC, lane]
+                    hv = wk[_HS, j, lane]
+                    e = _exp(wk[_DL, j, lane] * an)
+                    wk[_ES, j, lane] = e
+                    hv = e * hv + wk[_DU, j, lane] * (b0 * bn)
+                    wk[_HS, j + 1, lane] = hv
+                    wk[_Y, j, lane] += hv * (q0 * cn)
+                    e = _exp(wk[_DL, j + 1, lane] * an)
+                    wk[_ES, j + 1, lane] = e
+                    hv = e * hv + wk[_DU, j + 1, lane] * (b1 * bn)
+                    wk[_HS, j + 2, lane] = hv
+                    wk[_Y, j + 1, lane] += hv * (q1 * cn)
+                    e = _exp(wk[_DL, j + 2, lane] * an)
+                    wk[_ES, j + 2, lane] = e
+                    hv = e * hv + wk[_DU, j + 2, lane] * (b2 * bn)
+                    wk[_HS, j + 3, lane] = hv
+                    wk[_Y, j + 2, lane] += hv * (q2 * cn)
+                    e = _exp(wk[_DL, j + 3, lane] * an)
+                    wk[_ES, j + 3, lane] = e
+                    hv = e * hv + wk[_DU, j + 3, lane] * (b3 * bn)
+                    wk[_HS, j + 4, lane] = hv
+                    wk[_Y, j + 3, lane] += hv * (q3 * cn)
+            for j in range(n_blocks * 4, tn):
+                bs = Bsel[bi, gb, n, t0 + j] if has_bsel else _ONE
+                qs = Csel[bi, gc, n, t0 + j] if has_csel else _ONE
                 for lane in range(lanes):
-                    acc_c += wk[_ES, j, lane]
-                dCsel_part[tid, bi, gc, n, t0 + j] += acc_c
-        if not has_bsel:
+                    e = _exp(wk[_DL, j, lane] * par[_PA, lane])
+                    wk[_ES, j, lane] = e
+                    hv = e * wk[_HS, j, lane] + wk[_DU, j, lane] * (bs * par[_PB, lane])
+                    wk[_HS, j + 1, lane] = hv
+                    wk[_Y, j, lane] += hv * (qs * par[_PC, lane])
+            for jj in range(tn - n_blocks * 4):  # the steps past the last whole block come first
+                j = tn - 1 - jj
+                bs = Bsel[bi, gb, n, t0 + j] if has_bsel else _ONE
+                qs = Csel[bi, gc, n, t0 + j] if has_csel else _ONE
+                for lane in range(lanes):
+                    e = wk[_ES, j, lane]
+                    lv = wk[_GY, j, lane] * (qs * par[_PC, lane]) + par[_PMU, lane]
+                    par[_PMU, lane] = e * lv
+                    wk[_LAM, j, lane] = lv * wk[_DU, j, lane]
+                    lam_ah = lv * e * wk[_HS, j, lane]
+                    wk[_DDL, j, lane] += lam_ah * par[_PA, lane]
+                    wk[_SB, j, lane] += lv * (bs * par[_PB, lane])
+                    par[_PDA, lane] += lam_ah * wk[_DL, j, lane]
+            for jb in range(n_blocks):
+                j = (n_blocks - 1 - jb) * 4
+                b0 = Bsel[bi, gb, n, t0 + j] if has_bsel else _ONE
+                b1 = Bsel[bi, gb, n, t0 + j + 1] if has_bsel else _ONE
+                b2 = Bsel[bi, gb, n, t0 + j + 2] if has_bsel else _ONE
+                b3 = Bsel[bi, gb, n, t0 + j + 3] if has_bsel else _ONE
+                q0 = Csel[bi, gc, n, t0 + j] if has_csel else _ONE
+                q1 = Csel[bi, gc, n, t0 + j + 1] if has_csel else _ONE
+                q2 = Csel[bi, gc, n, t0 + j + 2] if has_csel else _ONE
+                q3 = Csel[bi, gc, n, t0 + j + 3] if has_csel else _ONE
+                for lane in range(lanes):
+                    an = par[_PA, lane]
+                    bn = _ONE if selective else par[_PB, lane]
+                    cn = _ONE if selective else par[_PC, lane]
+                    m = par[_PMU, lane]
+                    da = _ZERO
+                    # step j + 3
+                    e = wk[_ES, j + 3, lane]
+                    lv = wk[_GY, j + 3, lane] * (q3 * cn) + m
+                    m = e * lv
+                    wk[_LAM, j + 3, lane] = lv * wk[_DU, j + 3, lane]
+                    lam_ah = lv * e * wk[_HS, j + 3, lane]
+                    wk[_DDL, j + 3, lane] += lam_ah * an
+                    wk[_SB, j + 3, lane] += lv * (b3 * bn)
+                    da += lam_ah * wk[_DL, j + 3, lane]
+                    # step j + 2
+                    e = wk[_ES, j + 2, lane]
+                    lv = wk[_GY, j + 2, lane] * (q2 * cn) + m
+                    m = e * lv
+                    wk[_LAM, j + 2, lane] = lv * wk[_DU, j + 2, lane]
+                    lam_ah = lv * e * wk[_HS, j + 2, lane]
+                    wk[_DDL, j + 2, lane] += lam_ah * an
+                    wk[_SB, j + 2, lane] += lv * (b2 * bn)
+                    da += lam_ah * wk[_DL, j + 2, lane]
+                    # step j + 1
+                    e = wk[_ES, j + 1, lane]
+                    lv = wk[_GY, j + 1, lane] * (q1 * cn) + m
+                    m = e * lv
+                    wk[_LAM, j + 1, lane] = lv * wk[_DU, j + 1, lane]
+                    lam_ah = lv * e * wk[_HS, j + 1, lane]
+                    wk[_DDL, j + 1, lane] += lam_ah * an
+                    wk[_SB, j + 1, lane] += lv * (b1 * bn)
+                    da += lam_ah * wk[_DL, j + 1, lane]
+                    # step j
+                    e = wk[_ES, j, lane]
+                    lv = wk[_GY, j, lane] * (q0 * cn) + m
+                    m = e * lv
+                    wk[_LAM, j, lane] = lv * wk[_DU, j, lane]
+                    lam_ah = lv * e * wk[_HS, j, lane]
+                    wk[_DDL, j, lane] += lam_ah * an
+                    wk[_SB, j, lane] += lv * (b0 * bn)
+                    da += lam_ah * wk[_DL, j, lane]
+                    par[_PMU, lane] = m
+                    par[_PDA, lane] += da
+            for lane in range(lanes):
+                mu[n, lane] = par[_PMU, lane]
+                dA_acc[n, lane] += par[_PDA, lane]
             for j in range(tn):
                 for lane in range(lanes):
-                    dBf_acc[n, lane] += wk[_LAM, j, lane]
-        if not has_csel:
-            for j in range(tn):
-                for lane in range(lanes):
-                    dCf_acc[n, lane] += wk[_ES, j, lane]
+                    wk[_ES, j, lane] = wk[_GY, j, lane] * wk[_HS, j + 1, lane]
+            # B's and C's gradients: wk[_LAM] now holds lambda dl u, wk[_ES] gy h; sums over the block's lanes
+            tiled = tn // TILE * TILE
+            for j0 in range(0, tiled, TILE):
+                if has_bsel:
+                    _add_row_sums(wk, (_LAM * (SEGMENT + 1) + j0) * LANES, LANES, dBsel_part,
+                                  _flat5(dBsel_part, tid, bi, gb, n, t0 + j0))
+                if has_csel:
+                    _add_row_sums(wk, (_ES * (SEGMENT + 1) + j0) * LANES, LANES, dCsel_part,
+                                  _flat5(dCsel_part, tid, bi, gc, n, t0 + j0))
+            for j in range(tiled, tn):
+                if has_bsel:
+                    acc_b = _ZERO
+                    for lane in range(lanes):
+                        acc_b += wk[_LAM, j, lane]
+                    dBsel_part[tid, bi, gb, n, t0 + j] += acc_b
+                if has_csel:
+                    acc_c = _ZERO
+                    for lane in range(lanes):
+                        acc_c += wk[_ES, j, lane]
+                    dCsel_part[tid, bi, gc, n, t0 + j] += acc_c
+            if not has_bsel:
+                for j in range(tn):
+                    for lane in range(lanes):
+                        dBf_acc[n, lane] += wk[_LAM, j, lane]
+            if not has_csel:
+                for j in range(tn):
+                    for lane in range(lanes):
+                        dCf_acc[n, lane] += wk[_ES, j, lane]
+
+    return segment_adjoint
+
+
+_segment_adjoint = _segment_backward(selective=False)
+_segment_adjoint_selective = _segment_backward(selective=True)
 
 
 @_kernel
@@ -736,6 +764,7 @@ def _scan_bwd(job_lo, job_hi, tid, u, delta, bias, softplus, A, Bsel, Bfix, Csel
     d_state = A.shape[1]
     has_z = z.shape[0] > 0
     n_segments = (seqlen + SEGMENT - 1) // SEGMENT
+    selective = Bsel.shape[0] > 0 and Csel.shape[0] > 0
     # the segment's buffers as slots (_U, _DL, ...) of one array; SEGMENT + 1 rows, so that the slots are
     # not 4 KiB apart (a multiple of 4 KiB would put row j of every slot in the same L1 cache set)
     wk = np.empty((_N_SLOTS, SEGMENT + 1, LANES), np.float32)
@@ -783,8 +812,12 @@ def _scan_bwd(job_lo, job_hi, tid, u, delta, bias, softplus, A, Bsel, Bfix, Csel
                     dD_acc[lane] += gyb[j, lane] * ub[j, lane]
                     ddl[j, lane] = _ZERO
                     sb[j, lane] = _ZERO
-            _segment_adjoint(wk, par, mu, dA_acc, dBf_acc, dCf_acc, ckpt, seg_i, tn, t0, tid, bi, c0, nl, gb, gc, Bsel,
-                             Csel, a_blk, b_blk, c_blk, dBsel_part, dCsel_part, lanes)
+            if selective:
+                _segment_adjoint_selective(wk, par, mu, dA_acc, dBf_acc, dCf_acc, ckpt, seg_i, tn, t0, tid, bi, c0, nl,
+                                           gb, gc, Bsel, Csel, a_blk, b_blk, c_blk, dBsel_part, dCsel_part, lanes)
+            else:
+                _segment_adjoint(wk, par, mu, dA_acc, dBf_acc, dCf_acc, ckpt, seg_i, tn, t0, tid, bi, c0, nl, gb, gc,
+                                 Bsel, Csel, a_blk, b_blk, c_blk, dBsel_part, dCsel_part, lanes)
             if has_z:
                 for j in range(tn):
                     for lane in range(lanes):
