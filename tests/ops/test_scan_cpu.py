@@ -189,8 +189,10 @@ def test_store_lanes_writes_the_same_with_and_without_streaming_stores(channels_
     np.testing.assert_array_equal(flat, expected)
 
 
-def test_add_row_sums_adds_each_rows_lane_sum_and_nothing_else():
-    """The backward's B/C gradient sums: TILE rows of LANES lanes, any row stride and offsets."""
+@pytest.mark.parametrize("product", [False, True])
+def test_add_row_sums_adds_each_rows_lane_sum_and_nothing_else(product):
+    """The backward's B/C gradient sums: TILE rows of LANES lanes (or of the products of two such rows), any
+    row stride and offsets."""
     import numpy as np
 
     from medssm.ops import scan_cpu
@@ -200,13 +202,22 @@ def test_add_row_sums_adds_each_rows_lane_sum_and_nothing_else():
     def add_row_sums(src, src_at, src_stride, dst, dst_at):
         scan_cpu._add_row_sums(src, src_at, src_stride, dst, dst_at)
 
-    lanes, rows, stride, at = scan_cpu.LANES, scan_cpu.TILE, scan_cpu.LANES + 9, 7
+    @numba.njit
+    def add_row_product_sums(src, src_at, other_at, src_stride, dst, dst_at):
+        scan_cpu._add_row_product_sums(src, src_at, other_at, src_stride, dst, dst_at)
+
+    lanes, rows, stride, at, other = scan_cpu.LANES, scan_cpu.TILE, scan_cpu.LANES + 9, 7, 3
     rng = np.random.default_rng(0)
     src = rng.integers(-50, 50, (rows * stride + at,)).astype(np.float32)  # integers: every sum is exact
     dst = rng.integers(-50, 50, (2, 30)).astype(np.float32)
     expected = dst.copy()
-    expected[1, 3:3 + rows] += [src[at + i * stride:at + i * stride + lanes].sum() for i in range(rows)]
-    add_row_sums(src, at, stride, dst, 30 + 3)
+    row = [src[at + i * stride:at + i * stride + lanes] for i in range(rows)]
+    if product:
+        row = [r * src[other + i * stride:other + i * stride + lanes] for i, r in enumerate(row)]
+        add_row_product_sums(src, at, other, stride, dst, 30 + 3)
+    else:
+        add_row_sums(src, at, stride, dst, 30 + 3)
+    expected[1, 3:3 + rows] += [r.sum() for r in row]
     np.testing.assert_array_equal(dst, expected)
 
 

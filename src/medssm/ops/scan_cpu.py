@@ -65,7 +65,7 @@ PREFETCH_AHEAD = 4 * CHUNK
 # The backward works a segment (the steps between two checkpoints) at a time. Its buffers are slots of one
 # (_N_SLOTS, SEGMENT + 1, LANES) array: loaded inputs and per-step terms (_U: u, _DL: delta after bias and
 # softplus, _DU: dl u, _Y: y, _SG: softplus', _Z: z then dz, _GY: dL/dy, _DDL: dL/d delta, _SB: sum_n lambda B
-# then dL/du) and one state's scratch rows (_ES: exps, then gy h; _HS: states; _LAM: adjoints times dl u).
+# then dL/du) and one state's scratch rows (_ES: exps; _HS: states; _LAM: adjoints times dl u).
 SEGMENT = CHUNK * CKPT_EVERY
 _U, _DL, _DU, _Y, _SG, _Z, _GY, _DDL, _SB, _ES, _HS, _LAM = range(12)
 _N_SLOTS = 12
@@ -259,42 +259,67 @@ def _row_sum_masks(size: int) -> list[tuple[int, list[int], list[int]]]:
     return rounds
 
 
-@numba.extending.intrinsic
-def _add_row_sums(typingctx, src, src_at, src_stride, dst, dst_at):
-    """dst.flat[dst_at + i] += sum(src.flat[src_at + i * src_stride + (0 .. LANES-1)]) for i < TILE, for
-    C-contiguous float32 arrays (the rows must lie inside src and the TILE sums inside dst; not checked): the
-    sums over the lanes of TILE rows, by vector adds and log2(TILE) rounds of shuffles, 45 vector operations
-    for 16 rows where a horizontal sum per row took about 8 and a scalar read-modify-write."""
-    from llvmlite import ir
+def _row_summer(product: bool):
+    """A numba intrinsic adding, for i < TILE, the sum over LANES lanes of row i to dst.flat[dst_at + i]:
+    ``add(src, src_at, src_stride, dst, dst_at)`` sums src.flat[src_at + i * src_stride + (0 .. LANES-1)];
+    with ``product``, ``add(src, src_at, other_at, src_stride, dst, dst_at)`` sums the products of that row
+    and the row at other_at of the same array. For C-contiguous float32 arrays (the rows must lie inside src
+    and the TILE sums inside dst; not checked). Vector adds, then log2(TILE) rounds of shuffles: 45 vector
+    operations for 16 rows where a horizontal sum per row took about 8 and a scalar read-modify-write."""
 
-    sig = numba.types.void(src, src_at, src_stride, dst, dst_at)
+    def add(typingctx, src, *offsets):
+        from llvmlite import ir
 
-    def codegen(context, builder, signature, args):
-        vec = ir.VectorType(ir.FloatType(), TILE)
-        i32v = ir.VectorType(ir.IntType(32), TILE)
+        sig = numba.types.void(src, *offsets)
 
-        def pointer(k, offset):
-            data = context.make_array(signature.args[k])(context, builder, args[k]).data
-            return builder.bitcast(builder.gep(data, [offset]), vec.as_pointer())
+        def codegen(context, builder, signature, args):
+            vec = ir.VectorType(ir.FloatType(), TILE)
+            i32v = ir.VectorType(ir.IntType(32), TILE)
+            ints = [i for i in range(1, len(args)) if i != len(args) - 2]  # all but src and dst
+            at = [context.cast(builder, args[i], signature.args[i], numba.types.intp) for i in ints]
+            src_data = context.make_array(signature.args[0])(context, builder, args[0]).data
+            dst_data = context.make_array(signature.args[-2])(context, builder, args[-2]).data
 
-        at, stride = (context.cast(builder, args[i], signature.args[i], numba.types.intp) for i in (1, 2))
-        rows = []
-        for i in range(TILE):
-            row_at = builder.add(at, builder.mul(stride, ir.Constant(stride.type, i)))
-            row = None
-            for v in range(LANES // TILE):
-                part = builder.load(pointer(0, builder.add(row_at, ir.Constant(stride.type, v * TILE))), align=4)
-                row = part if row is None else builder.fadd(row, part)
-            rows.append(row)
-        for h, lo, hi in _row_sum_masks(TILE):
-            rows = [builder.fadd(builder.shuffle_vector(rows[i], rows[i + h], ir.Constant(i32v, lo)),
-                                 builder.shuffle_vector(rows[i], rows[i + h], ir.Constant(i32v, hi)))
-                    for i in range(h)]
-        out = pointer(3, context.cast(builder, args[4], signature.args[4], numba.types.intp))
-        builder.store(builder.fadd(builder.load(out, align=4), rows[0]), out, align=4)
-        return context.get_dummy_value()
+            def load(row_at, v):
+                ptr = builder.gep(src_data, [builder.add(row_at, ir.Constant(row_at.type, v * TILE))])
+                return builder.load(builder.bitcast(ptr, vec.as_pointer()), align=4)
 
-    return sig, codegen
+            firsts, stride = at[:-2], at[-2]  # the first rows' offsets (one or two), the row stride
+            rows = []
+            for i in range(TILE):
+                row = None
+                for v in range(LANES // TILE):
+                    parts = [load(builder.add(first, builder.mul(stride, ir.Constant(stride.type, i))), v)
+                             for first in firsts]
+                    part = builder.fmul(*parts) if product else parts[0]
+                    row = part if row is None else builder.fadd(row, part)
+                rows.append(row)
+            for h, lo, hi in _row_sum_masks(TILE):
+                rows = [builder.fadd(builder.shuffle_vector(rows[i], rows[i + h], ir.Constant(i32v, lo)),
+                                     builder.shuffle_vector(rows[i], rows[i + h], ir.Constant(i32v, hi)))
+                        for i in range(h)]
+            out = builder.bitcast(builder.gep(dst_data, [at[-1]]), vec.as_pointer())
+            builder.store(builder.fadd(builder.load(out, align=4), rows[0]), out, align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    if product:
+        def add_products(typingctx, src, src_at, other_at, src_stride, dst, dst_at):
+            return add(typingctx, src, src_at, other_at, src_stride, dst, dst_at)
+
+        add_products.__name__ = add_products.__qualname__ = "_add_row_product_sums"
+        return numba.extending.intrinsic(add_products)
+
+    def add_sums(typingctx, src, src_at, src_stride, dst, dst_at):
+        return add(typingctx, src, src_at, src_stride, dst, dst_at)
+
+    add_sums.__name__ = add_sums.__qualname__ = "_add_row_sums"
+    return numba.extending.intrinsic(add_sums)
+
+
+_add_row_sums = _row_summer(product=False)
+_add_row_product_sums = _row_summer(product=True)
 
 
 _transpose_tile = _tile_mover(transpose=True)
@@ -564,12 +589,14 @@ def _segment_backward(selective: bool):
         2. run its adjoint backwards, lambda_j = gy_j C_j + a_{j+1} lambda_{j+1}, with mu[n] = a_{j+1} lambda_{j+1}
            carried in and out, keeping wk[_LAM][j] = lambda_j and accumulating ddl[j] += lambda a_j h_{j-1} A_n,
            sb[j] += lambda B_j and dA[n] += lambda a_j h_{j-1} dl_j (4 steps per pass, mu in a register);
-        3. sum B's and C's gradients, lambda dl u (which the adjoint leaves in wk[_LAM]) and gy h (into wk[_ES],
-           whose exps are no longer needed), over the block's channels (lanes): _add_row_sums per 16-step tile.
-           Storing gy h from inside the adjoint loop stopped LLVM vectorising it (2x slower); a pass of its own
-           does not. Against a horizontal sum per step and state, one thread at (1, 192, 16, 4096), interleaved
-           runs: the sums' share of the backward's profile 19% -> 12%, medians 15.4 -> 14.7, 16.3 -> 15.0,
-           22.0 -> 21.0, 20.5 -> 19.6 ms (the minima within noise of each other): a few per cent.
+        3. sum B's and C's gradients, lambda dl u (which the adjoint leaves in wk[_LAM]) and gy h (products of
+           the rows wk[_GY] and wk[_HS]), over the block's channels (lanes): _add_row_sums and
+           _add_row_product_sums per 16-step tile. Against a horizontal sum per step and state, one thread at
+           (1, 192, 16, 4096), interleaved runs: the sums' share of the backward's profile 19% -> 12%, medians
+           15.4 -> 14.7, 16.3 -> 15.0, 22.0 -> 21.0, 20.5 -> 19.6 ms (the minima within noise of each other).
+           Multiplying gy h inside the sums rather than in a pass that stored them first (storing them from
+           the adjoint loop stopped LLVM vectorising it): medians 8.07 -> 7.61 ms on one thread, 6.52 -> 5.83
+           on two.
 
         The lane loops touch two arrays: wk, whose rows lie at constant distances from each other, and par (5,
         lanes), the state's A, fixed B and C, carried mu and dA. With a buffer per quantity, LLVM guarded each
@@ -705,18 +732,16 @@ def _segment_backward(selective: bool):
             for lane in range(lanes):
                 mu[n, lane] = par[_PMU, lane]
                 dA_acc[n, lane] += par[_PDA, lane]
-            for j in range(tn):
-                for lane in range(lanes):
-                    wk[_ES, j, lane] = wk[_GY, j, lane] * wk[_HS, j + 1, lane]
-            # B's and C's gradients: wk[_LAM] now holds lambda dl u, wk[_ES] gy h; sums over the block's lanes
+            # B's and C's gradients: sums over the block's lanes of lambda dl u (in wk[_LAM]) and gy h
             tiled = tn // TILE * TILE
             for j0 in range(0, tiled, TILE):
                 if has_bsel:
                     _add_row_sums(wk, (_LAM * (SEGMENT + 1) + j0) * LANES, LANES, dBsel_part,
                                   _flat5(dBsel_part, tid, bi, gb, n, t0 + j0))
                 if has_csel:
-                    _add_row_sums(wk, (_ES * (SEGMENT + 1) + j0) * LANES, LANES, dCsel_part,
-                                  _flat5(dCsel_part, tid, bi, gc, n, t0 + j0))
+                    _add_row_product_sums(wk, (_GY * (SEGMENT + 1) + j0) * LANES,
+                                          (_HS * (SEGMENT + 1) + j0 + 1) * LANES, LANES, dCsel_part,
+                                          _flat5(dCsel_part, tid, bi, gc, n, t0 + j0))
             for j in range(tiled, tn):
                 if has_bsel:
                     acc_b = _ZERO
@@ -726,7 +751,7 @@ def _segment_backward(selective: bool):
                 if has_csel:
                     acc_c = _ZERO
                     for lane in range(lanes):
-                        acc_c += wk[_ES, j, lane]
+                        acc_c += wk[_GY, j, lane] * wk[_HS, j + 1, lane]
                     dCsel_part[tid, bi, gc, n, t0 + j] += acc_c
             if not has_bsel:
                 for j in range(tn):
@@ -735,7 +760,7 @@ def _segment_backward(selective: bool):
             if not has_csel:
                 for j in range(tn):
                     for lane in range(lanes):
-                        dCf_acc[n, lane] += wk[_ES, j, lane]
+                        dCf_acc[n, lane] += wk[_GY, j, lane] * wk[_HS, j + 1, lane]
 
     return segment_adjoint
 
