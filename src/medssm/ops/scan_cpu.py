@@ -587,8 +587,9 @@ def _segment_backward(selective: bool):
         1. recompute state n from its checkpoint as in _recur_y, keeping wk[_HS] (row 0: the state before the
            segment, row j + 1: after step j) and wk[_ES][j] = a_j = exp(dl_j A_n); add h C to y in wk[_Y];
         2. run its adjoint backwards, lambda_j = gy_j C_j + a_{j+1} lambda_{j+1}, with mu[n] = a_{j+1} lambda_{j+1}
-           carried in and out, keeping wk[_LAM][j] = lambda_j and accumulating ddl[j] += lambda a_j h_{j-1} A_n,
-           sb[j] += lambda B_j and dA[n] += lambda a_j h_{j-1} dl_j (4 steps per pass, mu in a register);
+           carried in and out, keeping wk[_LAM][j] = lambda_j dl_j u_j and accumulating
+           ddl[j] += lambda a_j h_{j-1} A_n, sb[j] += lambda B_j and dA[n] += lambda a_j h_{j-1} dl_j (4 steps per
+           pass, mu in a register);
         3. sum B's and C's gradients, lambda dl u (which the adjoint leaves in wk[_LAM]) and gy h (products of
            the rows wk[_GY] and wk[_HS]), over the block's channels (lanes): _add_row_sums and
            _add_row_product_sums per 16-step tile. Against a horizontal sum per step and state, one thread at
