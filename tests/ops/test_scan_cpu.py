@@ -190,9 +190,10 @@ def test_store_lanes_writes_the_same_with_and_without_streaming_stores(channels_
 
 
 @pytest.mark.parametrize("product", [False, True])
-def test_add_row_sums_adds_each_rows_lane_sum_and_nothing_else(product):
-    """The backward's B/C gradient sums: TILE rows of LANES lanes (or of the products of two such rows), any
-    row stride and offsets."""
+@pytest.mark.parametrize("wide", [True, False])
+def test_add_row_sums_adds_each_rows_lane_sum_and_nothing_else(product, wide):
+    """The backward's B/C gradient sums: TILE rows of LANES (or, in its narrow blocks, TILE) lanes, or of the
+    products of two such rows, any row stride and offsets."""
     import numpy as np
 
     from medssm.ops import scan_cpu
@@ -200,13 +201,20 @@ def test_add_row_sums_adds_each_rows_lane_sum_and_nothing_else(product):
 
     @numba.njit
     def add_row_sums(src, src_at, src_stride, dst, dst_at):
-        scan_cpu._add_row_sums(src, src_at, src_stride, dst, dst_at)
+        if wide:
+            scan_cpu._add_row_sums(src, src_at, src_stride, dst, dst_at)
+        else:
+            scan_cpu._add_tile_row_sums(src, src_at, src_stride, dst, dst_at)
 
     @numba.njit
     def add_row_product_sums(src, src_at, other_at, src_stride, dst, dst_at):
-        scan_cpu._add_row_product_sums(src, src_at, other_at, src_stride, dst, dst_at)
+        if wide:
+            scan_cpu._add_row_product_sums(src, src_at, other_at, src_stride, dst, dst_at)
+        else:
+            scan_cpu._add_tile_row_product_sums(src, src_at, other_at, src_stride, dst, dst_at)
 
-    lanes, rows, stride, at, other = scan_cpu.LANES, scan_cpu.TILE, scan_cpu.LANES + 9, 7, 3
+    lanes = scan_cpu.LANES if wide else scan_cpu.TILE
+    rows, stride, at, other = scan_cpu.TILE, scan_cpu.LANES + 9, 7, 3
     rng = np.random.default_rng(0)
     src = rng.integers(-50, 50, (rows * stride + at,)).astype(np.float32)  # integers: every sum is exact
     dst = rng.integers(-50, 50, (2, 30)).astype(np.float32)
@@ -259,10 +267,10 @@ def test_mixed_layouts_keep_each_gradient_in_its_input_layout():
 
 
 @pytest.mark.parametrize(("dim", "threads", "width"), [(96, 2, 16), (192, 2, 32), (48, 2, 32), (96, 1, 32), (4, 2, 16)])
-def test_forward_blocks_narrow_only_when_that_balances_the_threads(dim, threads, width):
+def test_blocks_narrow_only_when_that_balances_the_threads(dim, threads, width):
     from medssm.ops import scan_cpu
 
-    assert scan_cpu._forward_width(1, dim, dim, threads) == width
+    assert scan_cpu._block_width(1, dim, dim, threads) == width
 
 
 @pytest.mark.parametrize("name", ["u", "delta", "z"])
@@ -278,13 +286,17 @@ def test_backward_refuses_inputs_changed_in_place_after_the_forward(name):
         out.sum().backward()
 
 
+@pytest.mark.parametrize("width", [32, 16])
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("dim", [35, 48])  # 48: channels-last rows 64-byte aligned (streaming stores)
-def test_gradients_match_the_reference_around_segment_and_tile_edges(channels_last, dim):
+def test_gradients_match_the_reference_around_segment_and_tile_edges(channels_last, dim, width, monkeypatch):
     """The backward works a checkpoint segment at a time, loading whole 16-step tiles and the rest step by
-    step: lengths just below, at and past a segment, and a partial segment with whole tiles and a remainder."""
+    step: lengths just below, at and past a segment, and a partial segment with whole tiles and a remainder;
+    with the blocks of either width (each its own compiled kernel)."""
     from medssm.ops import scan_cpu
 
+    assert width in (scan_cpu.LANES, scan_cpu.TILE)
+    monkeypatch.setattr(scan_cpu, "_block_width", lambda *args: width)
     seg, tile = scan_cpu.SEGMENT, scan_cpu.TILE
     for seqlen in (seg - 1, seg, seg + 1, 2 * seg + tile + 3):
         x = mamba_like(1, dim, 4, seqlen, seed=seqlen)  # a whole 32-lane block and a narrower one

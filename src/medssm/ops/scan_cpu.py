@@ -11,8 +11,10 @@ Why it is laid out this way (see DESIGN.md, "Prior art for the scan"):
   that each thread's working set stays in L1/L2 (16x16 tiles at a time, by vector shuffles).
 - Within a chunk the loops run state n outermost and 4 time steps per pass over the lanes, so a state
   (or, backwards, an adjoint) stays in a register for 4 steps instead of going through memory each step.
-- Jobs (batch element, channel block) are split over Python threads running nogil kernels. Lanes past
-  the end of a block are padded with zeros (exp(0 * A) = 1 and zero input keep their state at zero).
+- Jobs (batch element, channel block) are split over Python threads running nogil kernels. Blocks are
+  LANES channels, or TILE where the narrower blocks share the work among the threads clearly better; the
+  backward is compiled once per width, so that its buffers' rows have a constant length. Lanes past the
+  end of a block are padded with zeros (exp(0 * A) = 1 and zero input keep their state at zero).
 - Forward keeps only the state every 64 steps when gradients are needed (batch, d, L/64, N); the
   backward recomputes each segment's states and decays from its checkpoint, one state at a time, then runs
   that state's adjoint recurrence lambda_t = gy_t C_t + a_{t+1} lambda_{t+1} backwards through the segment.
@@ -259,9 +261,9 @@ def _row_sum_masks(size: int) -> list[tuple[int, list[int], list[int]]]:
     return rounds
 
 
-def _row_summer(product: bool):
-    """A numba intrinsic adding, for i < TILE, the sum over LANES lanes of row i to dst.flat[dst_at + i]:
-    ``add(src, src_at, src_stride, dst, dst_at)`` sums src.flat[src_at + i * src_stride + (0 .. LANES-1)];
+def _row_summer(product: bool, width: int = LANES):
+    """A numba intrinsic adding, for i < TILE, the sum over ``width`` lanes of row i to dst.flat[dst_at + i]:
+    ``add(src, src_at, src_stride, dst, dst_at)`` sums src.flat[src_at + i * src_stride + (0 .. width-1)];
     with ``product``, ``add(src, src_at, other_at, src_stride, dst, dst_at)`` sums the products of that row
     and the row at other_at of the same array. For C-contiguous float32 arrays (the rows must lie inside src
     and the TILE sums inside dst; not checked). Vector adds, then log2(TILE) rounds of shuffles: 45 vector
@@ -288,7 +290,7 @@ def _row_summer(product: bool):
             rows = []
             for i in range(TILE):
                 row = None
-                for v in range(LANES // TILE):
+                for v in range(width // TILE):
                     parts = [load(builder.add(first, builder.mul(stride, ir.Constant(stride.type, i))), v)
                              for first in firsts]
                     part = builder.fmul(*parts) if product else parts[0]
@@ -320,6 +322,8 @@ def _row_summer(product: bool):
 
 _add_row_sums = _row_summer(product=False)
 _add_row_product_sums = _row_summer(product=True)
+_add_tile_row_sums = _row_summer(product=False, width=TILE)  # for the backward's TILE-lane blocks
+_add_tile_row_product_sums = _row_summer(product=True, width=TILE)
 
 
 _transpose_tile = _tile_mover(transpose=True)
@@ -336,14 +340,15 @@ def _load_lanes(src, at, s_c, s_t, nl, tn, dst, ahead, r0=0):
     (b, L, d) tensor, as Mamba's z and delta are) copies each step's lanes as they are. Both prefetch the
     rows ``ahead`` steps on (see PREFETCH_AHEAD). With ``r0``, step j goes to dst row r0 + j instead."""
     tiled = nl // TILE * TILE if tn == TILE and (s_t == 1 or s_c == 1) else 0
+    width = dst.shape[1]  # the buffer's row: LANES floats, or TILE in the backward's narrow blocks
     if s_t == 1:  # (a branch per tile inside one loop cost the forward 8%)
         for l0 in range(0, tiled, TILE):
             _prefetch_rows(src, at + l0 * s_c + ahead, s_c)
-            _transpose_tile(src, at + l0 * s_c, s_c, dst, r0 * LANES + l0, LANES)
+            _transpose_tile(src, at + l0 * s_c, s_c, dst, r0 * width + l0, width)
     else:
         for l0 in range(0, tiled, TILE):
             _prefetch_rows(src, at + l0 + ahead * s_t, s_t)
-            _copy_tile(src, at + l0, s_t, dst, r0 * LANES + l0, LANES)
+            _copy_tile(src, at + l0, s_t, dst, r0 * width + l0, width)
     for lane in range(tiled, nl):
         for j in range(tn):
             dst[r0 + j, lane] = src[at + lane * s_c + j * s_t]
@@ -360,18 +365,19 @@ def _store_lanes(src, dst, at, s_c, s_t, nl, tn, r0=0):
     (1, 192, 16, 4096), interleaved runs: forward 3.53 -> 3.20 ms, backward 10.5 -> 9.1 ms (medians)."""
     tiled = nl // TILE * TILE if tn == TILE and (s_t == 1 or s_c == 1) else 0
     streaming = (dst.ctypes.data + 4 * at) % 64 == 0 and (s_c if s_t == 1 else s_t) % TILE == 0
+    width = src.shape[1]  # the buffer's row, as in _load_lanes
     if s_t == 1 and streaming:
         for l0 in range(0, tiled, TILE):
-            _transpose_tile_streaming(src, r0 * LANES + l0, LANES, dst, at + l0 * s_c, s_c)
+            _transpose_tile_streaming(src, r0 * width + l0, width, dst, at + l0 * s_c, s_c)
     elif s_t == 1:
         for l0 in range(0, tiled, TILE):
-            _transpose_tile(src, r0 * LANES + l0, LANES, dst, at + l0 * s_c, s_c)
+            _transpose_tile(src, r0 * width + l0, width, dst, at + l0 * s_c, s_c)
     elif streaming:
         for l0 in range(0, tiled, TILE):
-            _copy_tile_streaming(src, r0 * LANES + l0, LANES, dst, at + l0, s_t)
+            _copy_tile_streaming(src, r0 * width + l0, width, dst, at + l0, s_t)
     else:
         for l0 in range(0, tiled, TILE):
-            _copy_tile(src, r0 * LANES + l0, LANES, dst, at + l0, s_t)
+            _copy_tile(src, r0 * width + l0, width, dst, at + l0, s_t)
     for lane in range(tiled, nl):
         for j in range(tn):
             dst[at + lane * s_c + j * s_t] = src[r0 + j, lane]
@@ -607,6 +613,7 @@ def _segment_backward(selective: bool):
         decrement per array argument (a quarter of the time when the three passes were helpers called per
         state)."""
         d_state = mu.shape[0]
+        width = wk.shape[2]  # LANES or TILE: a constant once inlined into the kernel for that width
         has_bsel = selective or Bsel.shape[0] > 0
         has_csel = selective or Csel.shape[0] > 0
         n_blocks = tn // 4
@@ -736,13 +743,19 @@ def _segment_backward(selective: bool):
             # B's and C's gradients: sums over the block's lanes of lambda dl u (in wk[_LAM]) and gy h
             tiled = tn // TILE * TILE
             for j0 in range(0, tiled, TILE):
-                if has_bsel:
-                    _add_row_sums(wk, (_LAM * (SEGMENT + 1) + j0) * LANES, LANES, dBsel_part,
-                                  _flat5(dBsel_part, tid, bi, gb, n, t0 + j0))
-                if has_csel:
-                    _add_row_product_sums(wk, (_GY * (SEGMENT + 1) + j0) * LANES,
-                                          (_HS * (SEGMENT + 1) + j0 + 1) * LANES, LANES, dCsel_part,
+                lam_at = (_LAM * (SEGMENT + 1) + j0) * width
+                gy_at = (_GY * (SEGMENT + 1) + j0) * width
+                hs_at = (_HS * (SEGMENT + 1) + j0) * width
+                if has_bsel and width == LANES:
+                    _add_row_sums(wk, lam_at, width, dBsel_part, _flat5(dBsel_part, tid, bi, gb, n, t0 + j0))
+                elif has_bsel:
+                    _add_tile_row_sums(wk, lam_at, width, dBsel_part, _flat5(dBsel_part, tid, bi, gb, n, t0 + j0))
+                if has_csel and width == LANES:
+                    _add_row_product_sums(wk, gy_at, hs_at + width, width, dCsel_part,
                                           _flat5(dCsel_part, tid, bi, gc, n, t0 + j0))
+                elif has_csel:
+                    _add_tile_row_product_sums(wk, gy_at, hs_at + width, width, dCsel_part,
+                                               _flat5(dCsel_part, tid, bi, gc, n, t0 + j0))
             for j in range(tiled, tn):
                 if has_bsel:
                     acc_b = _ZERO
@@ -770,108 +783,118 @@ _segment_adjoint = _segment_backward(selective=False)
 _segment_adjoint_selective = _segment_backward(selective=True)
 
 
-@_kernel
-def _scan_bwd(job_lo, job_hi, tid, u, delta, bias, softplus, A, Bsel, Bfix, Csel, Cfix, D, z, strides, gout, glast,
-              ckpt, job_b, job_c, job_n, chan_per_gb, chan_per_gc, lanes, seqlen, du_out, ddelta_out, dz_out, dA_part,
-              dD_part, dbias_part, dBsel_part, dBfix_part, dCsel_part, dCfix_part):
-    """Backward scan for jobs [job_lo, job_hi) on worker ``tid``: gradients w.r.t. u, delta and z, and
-    worker ``tid``'s partial sums for A (workers, d, N), D and delta_bias (workers, d), and B and C
-    (workers, b, G, N, L) or (workers, d, N). Inputs as in _scan_fwd, gout a 1-D view like them with
-    strides[3]; du_out, ddelta_out, dz_out: 1-D, strides[4], [5], [6] (dz_out empty without z); glast: the last
-    state's gradient (b, d, N) or empty.
+def _backward_kernel(width: int):
+    """The backward kernel for blocks of ``width`` channels, LANES or TILE (see _block_width): its buffers'
+    rows are ``width`` floats, a constant of each compiled kernel, as in _scan_fwd."""
 
-    Segments of SEGMENT steps (one checkpoint each) are processed last to first: load the segment, the
-    gate's gradient, then _segment_adjoint (each state's recomputation from its checkpoint, adjoint and B/C
-    gradient sums), then the per-step gradients of u and delta. At (1, 192, 16, 4096), the three kernels
-    timed in interleaved rounds in one process (medians): one thread 13.0 -> 10.0 ms, two 8.0 -> 6.1 ms
-    against the previous kernel, which worked on 16-step chunks (a pass over each 32-step segment's first
-    chunk found the second's starting state) with a buffer per quantity; 8.4 and 4.6 ms with the streaming
-    stores (see _store_lanes)."""
-    d_state = A.shape[1]
-    has_z = z.shape[0] > 0
-    n_segments = (seqlen + SEGMENT - 1) // SEGMENT
-    selective = Bsel.shape[0] > 0 and Csel.shape[0] > 0
-    # the segment's buffers as slots (_U, _DL, ...) of one array; SEGMENT + 1 rows, so that the slots are
-    # not 4 KiB apart (a multiple of 4 KiB would put row j of every slot in the same L1 cache set)
-    wk = np.empty((_N_SLOTS, SEGMENT + 1, LANES), np.float32)
-    par = np.empty((5, LANES), np.float32)
-    mu = np.empty((d_state, LANES), np.float32)  # a_{t+1} * lambda_{t+1}, carried backwards
-    dA_acc = np.empty((d_state, LANES), np.float32)
-    dBf_acc = np.empty((d_state, LANES), np.float32)
-    dCf_acc = np.empty((d_state, LANES), np.float32)
-    dD_acc = np.empty(LANES, np.float32)
-    dbias_acc = np.empty(LANES, np.float32)
-    ub, dlb, dub, yb, sgb, zb = wk[_U], wk[_DL], wk[_DU], wk[_Y], wk[_SG], wk[_Z]
-    gyb, ddl, sb = wk[_GY], wk[_DDL], wk[_SB]  # dL/dy before the gate; sb = sum_n lambda B (du = dl sb + D gy)
-    for job in range(job_lo, job_hi):
-        bi, c0, nl = job_b[job], job_c[job], job_n[job]
-        gb = c0 // chan_per_gb
-        gc = c0 // chan_per_gc
-        a_blk, b_blk, c_blk, d_blk, bias_blk = _block_params(A, Bfix, Cfix, D, bias, c0, nl, lanes)
-        wk[:] = _ZERO  # lanes >= nl must hold zeros
-        for buf in (mu, dA_acc, dBf_acc, dCf_acc):
-            buf[:] = _ZERO
-        if glast.shape[0] > 0:  # the last state's gradient starts the adjoint: lambda_{L-1} += dL/dh_{L-1}
+    @_kernel
+    def scan_bwd(job_lo, job_hi, tid, u, delta, bias, softplus, A, Bsel, Bfix, Csel, Cfix, D, z, strides, gout, glast,
+                 ckpt, job_b, job_c, job_n, chan_per_gb, chan_per_gc, lanes, seqlen, du_out, ddelta_out, dz_out,
+                 dA_part, dD_part, dbias_part, dBsel_part, dBfix_part, dCsel_part, dCfix_part):
+        """Backward scan for jobs [job_lo, job_hi) on worker ``tid``: gradients w.r.t. u, delta and z, and
+        worker ``tid``'s partial sums for A (workers, d, N), D and delta_bias (workers, d), and B and C
+        (workers, b, G, N, L) or (workers, d, N). Inputs as in _scan_fwd, gout a 1-D view like them with
+        strides[3]; du_out, ddelta_out, dz_out: 1-D, strides[4], [5], [6] (dz_out empty without z); glast: the last
+        state's gradient (b, d, N) or empty.
+
+        Segments of SEGMENT steps (one checkpoint each) are processed last to first: load the segment, the
+        gate's gradient, then _segment_adjoint (each state's recomputation from its checkpoint, adjoint and B/C
+        gradient sums), then the per-step gradients of u and delta. At (1, 192, 16, 4096), the three kernels
+        timed in interleaved rounds in one process (medians): one thread 13.0 -> 10.0 ms, two 8.0 -> 6.1 ms
+        against the previous kernel, which worked on 16-step chunks (a pass over each 32-step segment's first
+        chunk found the second's starting state) with a buffer per quantity; 8.4 and 4.6 ms with the streaming
+        stores (see _store_lanes)."""
+        d_state = A.shape[1]
+        has_z = z.shape[0] > 0
+        n_segments = (seqlen + SEGMENT - 1) // SEGMENT
+        selective = Bsel.shape[0] > 0 and Csel.shape[0] > 0
+        # the segment's buffers as slots (_U, _DL, ...) of one array; SEGMENT + 1 rows, so that the slots are
+        # not 4 KiB apart (a multiple of 4 KiB would put row j of every slot in the same L1 cache set)
+        wk = np.empty((_N_SLOTS, SEGMENT + 1, width), np.float32)
+        par = np.empty((5, width), np.float32)
+        mu = np.empty((d_state, width), np.float32)  # a_{t+1} * lambda_{t+1}, carried backwards
+        dA_acc = np.empty((d_state, width), np.float32)
+        dBf_acc = np.empty((d_state, width), np.float32)
+        dCf_acc = np.empty((d_state, width), np.float32)
+        dD_acc = np.empty(width, np.float32)
+        dbias_acc = np.empty(width, np.float32)
+        ub, dlb, dub, yb, sgb, zb = wk[_U], wk[_DL], wk[_DU], wk[_Y], wk[_SG], wk[_Z]
+        gyb, ddl, sb = wk[_GY], wk[_DDL], wk[_SB]  # dL/dy before the gate; sb = sum_n lambda B (du = dl sb + D gy)
+        for job in range(job_lo, job_hi):
+            bi, c0, nl = job_b[job], job_c[job], job_n[job]
+            gb = c0 // chan_per_gb
+            gc = c0 // chan_per_gc
+            a_blk, b_blk, c_blk, d_blk, bias_blk = _block_params(A, Bfix, Cfix, D, bias, c0, nl, lanes)
+            wk[:] = _ZERO  # lanes >= nl must hold zeros
+            for buf in (mu, dA_acc, dBf_acc, dCf_acc):
+                buf[:] = _ZERO
+            if glast.shape[0] > 0:  # the last state's gradient starts the adjoint: lambda_{L-1} += dL/dh_{L-1}
+                for lane in range(nl):
+                    for n in range(d_state):
+                        mu[n, lane] = glast[bi, c0 + lane, n]
+            dD_acc[:] = _ZERO
+            dbias_acc[:] = _ZERO
+            for sg_ in range(n_segments):
+                seg_i = n_segments - 1 - sg_
+                t0 = seg_i * SEGMENT
+                tn = min(SEGMENT, seqlen - t0)
+                _load_chunk(u, delta, strides, softplus, bias_blk, d_blk, bi, c0, nl, t0, tn, lanes, ub, dlb, dub, yb,
+                            sgb, -PREFETCH_AHEAD)
+                _load_steps(gout, strides, 3, bi, c0, nl, t0, tn, gyb, -PREFETCH_AHEAD)
+                if has_z:  # the gate: gy = g silu(z) now; dz = g sg (1 + z (1 - sg)) y once y is known
+                    _load_steps(z, strides, 2, bi, c0, nl, t0, tn, zb, -PREFETCH_AHEAD)
+                    for j in range(tn):
+                        for lane in range(lanes):
+                            zv = zb[j, lane]
+                            sg = _sigmoid(zv)
+                            g = gyb[j, lane]
+                            zb[j, lane] = g * sg * (_ONE + zv * (_ONE - sg))
+                            gyb[j, lane] = g * zv * sg
+                for j in range(tn):
+                    for lane in range(lanes):
+                        dD_acc[lane] += gyb[j, lane] * ub[j, lane]
+                        ddl[j, lane] = _ZERO
+                        sb[j, lane] = _ZERO
+                if selective:
+                    _segment_adjoint_selective(wk, par, mu, dA_acc, dBf_acc, dCf_acc, ckpt, seg_i, tn, t0, tid, bi, c0,
+                                               nl, gb, gc, Bsel, Csel, a_blk, b_blk, c_blk, dBsel_part, dCsel_part,
+                                               lanes)
+                else:
+                    _segment_adjoint(wk, par, mu, dA_acc, dBf_acc, dCf_acc, ckpt, seg_i, tn, t0, tid, bi, c0, nl, gb,
+                                     gc, Bsel, Csel, a_blk, b_blk, c_blk, dBsel_part, dCsel_part, lanes)
+                if has_z:
+                    for j in range(tn):
+                        for lane in range(lanes):
+                            zb[j, lane] *= yb[j, lane]  # now dL/dz
+                    _store_steps(zb, dz_out, strides, 6, bi, c0, nl, t0, tn)
+                for j in range(tn):
+                    for lane in range(lanes):
+                        ddl[j, lane] += sb[j, lane] * ub[j, lane]
+                if softplus:
+                    for j in range(tn):
+                        for lane in range(lanes):
+                            ddl[j, lane] *= sgb[j, lane]  # through softplus: now dL/d(delta + bias)
+                for j in range(tn):
+                    for lane in range(lanes):
+                        sb[j, lane] = sb[j, lane] * dlb[j, lane] + d_blk[lane] * gyb[j, lane]  # now dL/du
+                        dbias_acc[lane] += ddl[j, lane]
+                _store_steps(sb, du_out, strides, 4, bi, c0, nl, t0, tn)
+                _store_steps(ddl, ddelta_out, strides, 5, bi, c0, nl, t0, tn)
             for lane in range(nl):
+                dD_part[tid, c0 + lane] += dD_acc[lane]
+                dbias_part[tid, c0 + lane] += dbias_acc[lane]
                 for n in range(d_state):
-                    mu[n, lane] = glast[bi, c0 + lane, n]
-        dD_acc[:] = _ZERO
-        dbias_acc[:] = _ZERO
-        for sg_ in range(n_segments):
-            seg_i = n_segments - 1 - sg_
-            t0 = seg_i * SEGMENT
-            tn = min(SEGMENT, seqlen - t0)
-            _load_chunk(u, delta, strides, softplus, bias_blk, d_blk, bi, c0, nl, t0, tn, lanes, ub, dlb, dub, yb,
-                        sgb, -PREFETCH_AHEAD)
-            _load_steps(gout, strides, 3, bi, c0, nl, t0, tn, gyb, -PREFETCH_AHEAD)
-            if has_z:  # the gate: gy = g silu(z) now; dz = g sg (1 + z (1 - sg)) y once y is known
-                _load_steps(z, strides, 2, bi, c0, nl, t0, tn, zb, -PREFETCH_AHEAD)
-                for j in range(tn):
-                    for lane in range(lanes):
-                        zv = zb[j, lane]
-                        sg = _sigmoid(zv)
-                        g = gyb[j, lane]
-                        zb[j, lane] = g * sg * (_ONE + zv * (_ONE - sg))
-                        gyb[j, lane] = g * zv * sg
-            for j in range(tn):
-                for lane in range(lanes):
-                    dD_acc[lane] += gyb[j, lane] * ub[j, lane]
-                    ddl[j, lane] = _ZERO
-                    sb[j, lane] = _ZERO
-            if selective:
-                _segment_adjoint_selective(wk, par, mu, dA_acc, dBf_acc, dCf_acc, ckpt, seg_i, tn, t0, tid, bi, c0, nl,
-                                           gb, gc, Bsel, Csel, a_blk, b_blk, c_blk, dBsel_part, dCsel_part, lanes)
-            else:
-                _segment_adjoint(wk, par, mu, dA_acc, dBf_acc, dCf_acc, ckpt, seg_i, tn, t0, tid, bi, c0, nl, gb, gc,
-                                 Bsel, Csel, a_blk, b_blk, c_blk, dBsel_part, dCsel_part, lanes)
-            if has_z:
-                for j in range(tn):
-                    for lane in range(lanes):
-                        zb[j, lane] *= yb[j, lane]  # now dL/dz
-                _store_steps(zb, dz_out, strides, 6, bi, c0, nl, t0, tn)
-            for j in range(tn):
-                for lane in range(lanes):
-                    ddl[j, lane] += sb[j, lane] * ub[j, lane]
-            if softplus:
-                for j in range(tn):
-                    for lane in range(lanes):
-                        ddl[j, lane] *= sgb[j, lane]  # through softplus: now dL/d(delta + bias)
-            for j in range(tn):
-                for lane in range(lanes):
-                    sb[j, lane] = sb[j, lane] * dlb[j, lane] + d_blk[lane] * gyb[j, lane]  # now dL/du
-                    dbias_acc[lane] += ddl[j, lane]
-            _store_steps(sb, du_out, strides, 4, bi, c0, nl, t0, tn)
-            _store_steps(ddl, ddelta_out, strides, 5, bi, c0, nl, t0, tn)
-        for lane in range(nl):
-            dD_part[tid, c0 + lane] += dD_acc[lane]
-            dbias_part[tid, c0 + lane] += dbias_acc[lane]
-            for n in range(d_state):
-                dA_part[tid, c0 + lane, n] += dA_acc[n, lane]
-                if Bsel.shape[0] == 0:
-                    dBfix_part[tid, c0 + lane, n] += dBf_acc[n, lane]
-                if Csel.shape[0] == 0:
-                    dCfix_part[tid, c0 + lane, n] += dCf_acc[n, lane]
-    _store_fence()  # as in _scan_fwd
+                    dA_part[tid, c0 + lane, n] += dA_acc[n, lane]
+                    if Bsel.shape[0] == 0:
+                        dBfix_part[tid, c0 + lane, n] += dBf_acc[n, lane]
+                    if Csel.shape[0] == 0:
+                        dCfix_part[tid, c0 + lane, n] += dCf_acc[n, lane]
+        _store_fence()  # as in _scan_fwd
+
+    return scan_bwd
+
+
+_scan_bwd = {width: _backward_kernel(width) for width in (LANES, TILE)}  # each compiled on first use
 
 
 @_kernel
@@ -980,17 +1003,18 @@ class _Plan:
                      self.Csel, self.Cfix, zeros if D is None else _f32(D), seqs[2], self.strides)
         self.has_z = z is not None
         chan_per_group = math.gcd(self.cpg_b, self.cpg_c)
-        self.jobs = _jobs(batch, dim, chan_per_group)
+        # one width for both passes: the same channels per job (see _block_width)
+        self.lanes = _block_width(batch, dim, chan_per_group, torch.get_num_threads())
+        self.jobs = _jobs(batch, dim, chan_per_group, self.lanes)
         self.n_jobs = len(self.jobs[0])
-        self.fwd_lanes = _forward_width(batch, dim, chan_per_group, torch.get_num_threads())
-        self.fwd_jobs = _jobs(batch, dim, chan_per_group, self.fwd_lanes)
 
 
-def _forward_width(batch: int, dim: int, chan_per_group: int, threads: int) -> int:
-    """Channels per forward job: LANES, or TILE when the narrower blocks share the work among the threads
-    clearly better. At (1, 96, 16, 16384) on 2 threads, three 32-channel blocks took 6.0-6.6 ms and six
-    16-channel ones 4.9 ms; where 32 balances, 16 was 8% slower (and the backward 4-30% slower even where 16
-    balances better, so it always uses LANES)."""
+def _block_width(batch: int, dim: int, chan_per_group: int, threads: int) -> int:
+    """Channels per job: LANES, or TILE when the narrower blocks share the work among the threads clearly
+    better (a makespan 10% shorter). At (1, 96, 16, 16384) on 2 threads, interleaved runs: forward three
+    32-channel blocks 6.0-6.6 ms, six 16-channel ones 4.9 ms; backward 16.6 -> 14.1 and 14.0 -> 11.9 ms (its
+    TILE-wide kernel, see _backward_kernel). Where 32 balances, 16 measured 8% slower in the forward and from
+    22% faster (one thread) to 31% slower (two) in the backward on this shared VM, so LANES stays there."""
     def makespan(width: int) -> float:
         return -(-len(_jobs(batch, dim, chan_per_group, width)[0]) // threads) * width
 
@@ -1034,9 +1058,8 @@ def scan_forward(plan: _Plan, save_ckpt: bool) -> tuple[torch.Tensor, torch.Tens
     last = torch.empty(batch, dim, d_state)
     n_segments = -(-seqlen // (CHUNK * CKPT_EVERY))
     ckpt = torch.empty(batch, dim, n_segments, d_state) if save_ckpt else torch.empty(0, 0, 0, 0)
-    n_jobs = len(plan.fwd_jobs[0])
-    _run_jobs(_scan_fwd, n_jobs, _workers(n_jobs), *plan.args, *plan.fwd_jobs, plan.cpg_b, plan.cpg_c,
-              plan.fwd_lanes, seqlen, out_np, last.numpy(), ckpt.numpy(), save_ckpt)
+    _run_jobs(_scan_fwd, plan.n_jobs, _workers(plan.n_jobs), *plan.args, *plan.jobs, plan.cpg_b, plan.cpg_c,
+              plan.lanes, seqlen, out_np, last.numpy(), ckpt.numpy(), save_ckpt)
     return out, last, ckpt
 
 
@@ -1060,8 +1083,8 @@ def scan_backward(plan: _Plan, ckpt: torch.Tensor, gout: torch.Tensor,
     b_sel, c_sel = bool(plan.Bsel.size), bool(plan.Csel.size)
     glast_np = empty3 if glast is None else _f32(glast)
     gout_flat, plan.strides[3] = _sequence(gout)
-    _run_jobs(_scan_bwd, plan.n_jobs, workers, *plan.args, gout_flat, glast_np, ckpt.numpy(), *plan.jobs,
-              plan.cpg_b, plan.cpg_c, LANES, seqlen, flats["u"], flats["delta"], flats["z"],
+    _run_jobs(_scan_bwd[plan.lanes], plan.n_jobs, workers, *plan.args, gout_flat, glast_np, ckpt.numpy(),
+              *plan.jobs, plan.cpg_b, plan.cpg_c, plan.lanes, seqlen, flats["u"], flats["delta"], flats["z"],
               parts["A"], parts["D"], parts["delta_bias"],
               parts["B"] if b_sel else empty5, empty3 if b_sel else parts["B"],
               parts["C"] if c_sel else empty5, empty3 if c_sel else parts["C"],
