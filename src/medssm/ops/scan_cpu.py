@@ -65,10 +65,17 @@ CKPT_EVERY = 4
 # before the stores gained nothing). Channel-contiguous inputs (Mamba's): forward 3.87 -> 3.35 ms.
 PREFETCH_AHEAD = 4 * CHUNK
 # The backward works a segment (the steps between two checkpoints) at a time. Its buffers are slots of one
-# (_N_SLOTS, SEGMENT + 1, LANES) array: loaded inputs and per-step terms (_U: u, _DL: delta after bias and
+# (_N_SLOTS, _SLOT_ROWS, width) array: loaded inputs and per-step terms (_U: u, _DL: delta after bias and
 # softplus, _DU: dl u, _Y: y, _SG: softplus', _Z: z then dz, _GY: dL/dy, _DDL: dL/d delta, _SB: sum_n lambda B
 # then dL/du) and one state's scratch rows (_ES: exps; _HS: states; _LAM: adjoints times dl u).
 SEGMENT = CHUNK * CKPT_EVERY
+# Rows per slot: SEGMENT + 1 are used (_HS keeps the state before the segment too); the padding sets how far
+# apart the slots lie modulo 4 KiB. A load whose address matches a pending store's in the low 12 bits waits
+# for it (4K aliasing), and the adjoint loads rows a step or two from those it just stored in other slots.
+# With 65 rows the slots were one 128-byte row apart modulo 4 KiB, so slot s + k row j - k aliased slot s row
+# j. Backward at (1, 192, 16, 4096) on two threads, interleaved runs, ms (rows - 64 = 1, 3, 4, 5, 6, 9, 11):
+# 4.79, 3.89, 3.65, 3.76, 4.68, 4.56, 3.79; earlier runs 5.32 -> 4.05 (5) and 9.10 -> 7.30 (5, one thread).
+_SLOT_ROWS = SEGMENT + 5
 _U, _DL, _DU, _Y, _SG, _Z, _GY, _DDL, _SB, _ES, _HS, _LAM = range(12)
 _N_SLOTS = 12
 _PA, _PB, _PC, _PMU, _PDA = range(5)  # rows of the backward's per-state array: A, fixed B and C, mu, dA
@@ -743,9 +750,9 @@ def _segment_backward(selective: bool):
             # B's and C's gradients: sums over the block's lanes of lambda dl u (in wk[_LAM]) and gy h
             tiled = tn // TILE * TILE
             for j0 in range(0, tiled, TILE):
-                lam_at = (_LAM * (SEGMENT + 1) + j0) * width
-                gy_at = (_GY * (SEGMENT + 1) + j0) * width
-                hs_at = (_HS * (SEGMENT + 1) + j0) * width
+                lam_at = (_LAM * _SLOT_ROWS + j0) * width
+                gy_at = (_GY * _SLOT_ROWS + j0) * width
+                hs_at = (_HS * _SLOT_ROWS + j0) * width
                 if has_bsel and width == LANES:
                     _add_row_sums(wk, lam_at, width, dBsel_part, _flat5(dBsel_part, tid, bi, gb, n, t0 + j0))
                 elif has_bsel:
@@ -808,9 +815,8 @@ def _backward_kernel(width: int):
         has_z = z.shape[0] > 0
         n_segments = (seqlen + SEGMENT - 1) // SEGMENT
         selective = Bsel.shape[0] > 0 and Csel.shape[0] > 0
-        # the segment's buffers as slots (_U, _DL, ...) of one array; SEGMENT + 1 rows, so that the slots are
-        # not 4 KiB apart (a multiple of 4 KiB would put row j of every slot in the same L1 cache set)
-        wk = np.empty((_N_SLOTS, SEGMENT + 1, width), np.float32)
+        # the segment's buffers as slots (_U, _DL, ...) of one array, _SLOT_ROWS rows each (see there)
+        wk = np.empty((_N_SLOTS, _SLOT_ROWS, width), np.float32)
         par = np.empty((5, width), np.float32)
         mu = np.empty((d_state, width), np.float32)  # a_{t+1} * lambda_{t+1}, carried backwards
         dA_acc = np.empty((d_state, width), np.float32)
