@@ -25,3 +25,55 @@ def _probe(first: str, **env: str) -> str:
 ])
 def test_openmp_spin_limit_only_when_medssm_comes_first_and_unset(first, env, expected):
     assert _probe(first, **env) == expected
+
+
+MALLOC_PROBE = """
+import resource
+import medssm
+import torch
+from medssm.ops import selective_scan
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+gen = torch.Generator().manual_seed(0)
+u, delta, z = (torch.randn(1, 96, 4096, generator=gen).requires_grad_() for _ in range(3))
+A = -torch.rand(96, 4).requires_grad_()
+B, C = (torch.randn(1, 4, 4096, generator=gen).requires_grad_() for _ in range(2))
+def step():  # a training step: forward, backward, the gradients dropped before the next one
+    for t in (u, delta, z, A, B, C):
+        t.grad = None
+    selective_scan(u, delta, A, B, C, z=z, delta_softplus=True, backend="torch").sum().backward()
+for _ in range(10):  # the heap settles within a few steps
+    step()
+start = faults()
+for _ in range(20):
+    step()
+print(medssm.MALLOC_TUNED, (faults() - start) // 20, '|', medssm.malloc_note())
+"""
+
+
+def _malloc_probe(**env: str) -> tuple[str, int, str]:
+    clean = {k: v for k, v in os.environ.items()
+             if not k.startswith("MALLOC_") and k not in ("GLIBC_TUNABLES", "MEDSSM_MALLOC")}
+    result = subprocess.run([sys.executable, "-c", MALLOC_PROBE], capture_output=True, text=True,
+                            env={**clean, **env}, timeout=120, check=True)
+    tuned, faults, _, note = result.stdout.split(maxsplit=3)
+    return tuned, int(faults), note.strip()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's mallopt")
+def test_malloc_keeps_freed_blocks_so_training_steps_fault_fewer_pages_in():
+    tuned, faults, note = _malloc_probe()
+    assert (tuned, note) == ("True", "malloc: mmap threshold 32 MiB, trim threshold 256 MiB (set by medssm)")
+    default_tuned, default_faults, default_note = _malloc_probe(MEDSSM_MALLOC="default")
+    assert (default_tuned, default_note) == ("False", "malloc: the C library's defaults")
+    # measured: 76-115 page faults per step against 635-2019 with glibc's adaptive thresholds
+    assert 3 * faults < default_faults
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's mallopt")
+def test_malloc_settings_of_the_user_are_left_alone():
+    for env, note in ((dict(MALLOC_TRIM_THRESHOLD_="131072"), "MALLOC_TRIM_THRESHOLD_=131072"),
+                      (dict(GLIBC_TUNABLES="glibc.malloc.trim_threshold=131072"),
+                       "GLIBC_TUNABLES=glibc.malloc.trim_threshold=131072")):
+        tuned, _, got = _malloc_probe(**env)
+        assert (tuned, got) == ("False", f"malloc: {note} (yours)")

@@ -32,6 +32,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"python {platform.python_version()} on {platform.platform()}")
     print(f"torch {torch.__version__}; threads {torch.get_num_threads()}; cuda {torch.cuda.is_available()}")
     print(f"OpenMP: {medssm.openmp_spin_note()}")
+    print(medssm.malloc_note())
     try:
         import numba
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import malloc_note
 from ..layers import Mamba, Mamba2
 from .scan import median_time
 
@@ -51,7 +52,7 @@ def run(d_model: int = 96, d_state: int = 16, batch: int = 1, seqlen: int = 4096
     if threads:
         torch.set_num_threads(threads)
     print(f"medssm bench layer: (batch, L, d_model) = ({batch}, {seqlen}, {d_model}), d_state {d_state}, "
-          f"{torch.get_num_threads()} threads")
+          f"{torch.get_num_threads()} threads; {malloc_note()}")
     rows = []
     for kind in layers:
         configs = CONFIGS if kind == "mamba" else tuple((s, c) for s, c in CONFIGS if s == "cpu")

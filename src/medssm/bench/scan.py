@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .. import openmp_spin_note
+from .. import malloc_note, openmp_spin_note
 from ..ops import available_backends, selective_scan
 
 DEFAULT_SHAPES = ((1, 192, 16, 1024), (1, 192, 16, 4096), (2, 384, 16, 4096), (1, 96, 16, 16384))
@@ -291,7 +291,8 @@ def run(shapes=DEFAULT_SHAPES, backends: list[str] | None = None, repeats: int =
     if mambapy_available() and "mambapy" not in backends:
         backends.append("mambapy")
     print(f"medssm bench scan: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"torch {torch.__version__}, {threads} threads, {openmp_spin_note()}; backends {backends}", flush=True)
+          f"torch {torch.__version__}, {threads} threads, {openmp_spin_note()}; {malloc_note()}; "
+          f"backends {backends}", flush=True)
     limits = {"torch_exp_per_s": torch_exp_rate(threads), "copy_bytes_per_s": copy_bandwidth(threads)}
     _measure_kernel_exp(limits, threads)
     kernel_exp = (f", the cpu kernels' polynomial exp {limits['kernel_exp_per_s'] / 1e9:.2f} G/s"
@@ -320,7 +321,7 @@ def run(shapes=DEFAULT_SHAPES, backends: list[str] | None = None, repeats: int =
         "date": time.strftime("%Y-%m-%d"),
         "machine": {"processor": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                     "threads": threads, "torch": torch.__version__, "python": platform.python_version(),
-                    "openmp": openmp_spin_note()},
+                    "openmp": openmp_spin_note(), "malloc": malloc_note()},
         "limits": limits,
         "compile": compile_s,
         "rows": [asdict(r) for r in rows],
