@@ -19,12 +19,12 @@ if OPENMP_SPIN_LIMITED:
 # glibc's malloc hands big blocks back to the OS when they are freed (by munmap, or by trimming the heap's top),
 # so the next tensor of that size is page-faulted in again, 4 KiB at a time, with every page zeroed by the
 # kernel. A training step frees and reallocates the same few sizes every step: the cpu scan's backward at
-# (1, 192, 16, 4096) took 1.0 ms of its 4.2 in 750-1500 such faults per call. Keeping up to _MALLOC_KEEP
-# freed bytes at the heap's top, and serving blocks up to 32 MiB (the ceiling of glibc's own adaptive
-# threshold) from the heap, removes them; `medssm bench layer`'s Mamba and Mamba2 layers gained 14-25% at
-# forward+backward (README, "Memory allocator"). mallopt works whenever it is called, unlike the OpenMP
-# setting above. Any MALLOC_*_ variable or glibc.malloc tunable of yours is left alone, and so is any other
-# C library; MEDSSM_MALLOC=default keeps glibc's adaptive defaults.
+# (1, 192, 16, 4096) spent about 1 ms of its 4.2 in 750-1500 such faults per call. Keeping up to
+# _MALLOC_KEEP freed bytes at the heap's top, and serving blocks up to 32 MiB (the ceiling of glibc's own
+# adaptive threshold) from the heap, removes them; `medssm bench layer`'s Mamba and Mamba2 layers ran
+# forward+backward as fast or faster in every paired run (README, "Memory allocator"). mallopt works whenever
+# it is called, unlike the OpenMP setting above. Any MALLOC_*_ variable or glibc.malloc tunable of yours is
+# left alone, and so is any other C library; MEDSSM_MALLOC=default keeps glibc's adaptive defaults.
 _MALLOC_MMAP_THRESHOLD = 32 << 20
 _MALLOC_KEEP = 256 << 20
 _MALLOC_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
