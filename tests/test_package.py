@@ -1,4 +1,4 @@
-"""medssm/__init__.py: the OpenMP spin limit is applied only when medssm is imported before torch."""
+"""medssm/__init__.py: the OpenMP spin limit (only when medssm is imported before torch) and the malloc setting."""
 
 import os
 import subprocess
@@ -10,11 +10,18 @@ PROBE = ("import os, sys; {first}; import medssm; "
          "print(medssm.OPENMP_SPIN_LIMITED, os.environ.get('GOMP_SPINCOUNT'), '|', medssm.openmp_spin_note())")
 
 
-def _probe(first: str, **env: str) -> str:
-    clean = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
-    result = subprocess.run([sys.executable, "-c", PROBE.format(first=first)], capture_output=True, text=True,
+def _run_fresh(code: str, unset: tuple[str, ...], **env: str) -> str:
+    """stdout of ``code`` in a new interpreter, with the variables in ``unset`` (or starting with one that ends
+    in an underscore) removed from the environment and ``env`` added."""
+    clean = {k: v for k, v in os.environ.items()
+             if k not in unset and not any(k.startswith(u) for u in unset if u.endswith("_"))}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             env={**clean, **env}, timeout=120, check=True)
     return result.stdout.strip()
+
+
+def _probe(first: str, **env: str) -> str:
+    return _run_fresh(PROBE.format(first=first), ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY"), **env)
 
 
 @pytest.mark.parametrize(("first", "env", "expected"), [
@@ -52,12 +59,9 @@ print(medssm.MALLOC_TUNED, (faults() - start) // 20, '|', medssm.malloc_note())
 
 
 def _malloc_probe(**env: str) -> tuple[str, int, str]:
-    clean = {k: v for k, v in os.environ.items()
-             if not k.startswith("MALLOC_") and k not in ("GLIBC_TUNABLES", "MEDSSM_MALLOC")}
-    result = subprocess.run([sys.executable, "-c", MALLOC_PROBE], capture_output=True, text=True,
-                            env={**clean, **env}, timeout=120, check=True)
-    tuned, faults, _, note = result.stdout.split(maxsplit=3)
-    return tuned, int(faults), note.strip()
+    tuned, faults, _, note = _run_fresh(MALLOC_PROBE, ("MALLOC_", "GLIBC_TUNABLES", "MEDSSM_MALLOC"),
+                                        **env).split(maxsplit=3)
+    return tuned, int(faults), note
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="glibc's mallopt")
