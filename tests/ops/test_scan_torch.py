@@ -20,7 +20,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from medssm.ops.scan_reference import selective_scan_reference
-from medssm.ops.scan_torch import selective_scan_torch
+from medssm.ops.scan_torch import _BLOCK, _plan, selective_scan_torch
 from medssm.ops.selective_scan import selective_scan
 
 # mamba_ssm's tolerances (tests/ops/test_selective_scan.py): output rtol/atol per input dtype; gradients of
@@ -154,6 +154,19 @@ def test_gradient_through_last_state_only_and_output_only():
         for name, g, w in zip(NAMES, got, want, strict=True):
             w = torch.zeros_like(inputs[name]) if w is None else w
             torch.testing.assert_close(g, w, rtol=3e-3, atol=1e-2, msg=lambda m, n=name: f"{n}: {m}")
+
+
+@pytest.mark.parametrize("batch,dim,d_state,seqlen", [(1, 192, 16, 1024), (1, 192, 16, 4096), (2, 384, 16, 4096),
+                                                      (1, 96, 16, 16384), (1, 32, 64, 4096), (8, 1536, 16, 1000),
+                                                      (1, 4, 16, 10**6), (1, 8, 4, 1)])
+def test_default_chunks_on_cpu_fit_the_cache_and_keep_few_states(batch, dim, d_state, seqlen):
+    T, nc = _plan(seqlen, None, d_state, batch * dim * d_state)
+    assert nc == -(-seqlen // T) and (T == seqlen or T % _BLOCK == 0)
+    assert nc == 1 or nc * d_state <= seqlen / 4  # chunk-start states: at most a quarter of the output
+    assert nc == 1 or batch * nc * dim * d_state <= 2 * 96 * 1024  # a step's slab stays about cache-sized
+    assert T == seqlen or T <= 4 * max(32, 4 * d_state, seqlen * batch * dim * d_state / (48 * 1024))
+    off_cpu = min(seqlen, max(256, _BLOCK * round(2 * seqlen**0.5 / _BLOCK)))  # ~2 sqrt(L), at least 256
+    assert _plan(seqlen, None, d_state) == (off_cpu, -(-seqlen // off_cpu))
 
 
 @pytest.mark.parametrize("seqlen", [100, 1000])
@@ -359,5 +372,9 @@ def test_memory_no_full_volume_in_forward_or_backward(d_state):
     assert sum(saved) <= 0.5 * unit, saved  # besides the inputs, only the chunk-start states (N/T units)
     assert held <= 0.5 * unit
     assert tracker.largest <= volume / 8
-    # Measured 12.9 units at N = 16 and 30.4 at N = 64 (the reference loop: 151 units at N = 16).
-    assert tracker.peak <= 14 * unit + 0.3 * volume
+    # Plus the backward's few live blocks of k steps (k * batch * nc * d * N floats each; on CPU nc aims at
+    # ~96 K floats per step, so they are a few MB at most, whatever the problem size). Measured 20.5 units
+    # at N = 16 and 32.4 at N = 64 (the reference loop: 151 units at N = 16).
+    T, nc = _plan(L, None, d_state, batch * dim * d_state)
+    block = _BLOCK * batch * nc * dim * d_state * 4
+    assert tracker.peak <= 12 * unit + 0.3 * volume + 5 * block

@@ -45,18 +45,31 @@ from torch.autograd.function import once_differentiable
 # Steps per block. Larger blocks mean fewer, larger ops (less Python overhead) but more memory: the
 # backward keeps T/k checkpoint slabs (1/k of the b*d*L*N volume) plus a few blocks of k slabs.
 _BLOCK = 8
-# Smallest default chunk. Below it the per-block working set (k/T of the volume) grows and speed barely
-# improves (measured at (1, 192, 16, 4096) and (1, 96, 16, 16384) on CPU).
+# Default chunking off CPU: T ~ 2 sqrt(L), at least this.
 _MIN_CHUNK = 256
+# Default chunking on CPU: elements per step slab (b * nc * d * N), and the shortest chunk. Slabs of about
+# 100 K floats (a block of k of them ~3 MB) were fastest at every benchmark shape on the 2-core machine
+# (forward, chunk_size swept and interleaved in one process, 2026-11-23): (1, 192, 16, 1024) T = 64 vs
+# 256: 3.9-4.1 vs 5.4-5.6 ms; (1, 192, 16, 4096) T = 128 vs 256: 11.5-11.7 vs 12.4 ms; (2, 384, 16, 4096)
+# T = 512 vs 256: 42.9 vs 49.4 ms; (1, 96, 16, 16384) T = 192-256 best (22.8-23.2 ms).
+_CPU_SLAB = 96 * 1024
+_MIN_CPU_CHUNK = 32
 
 
-def _plan(seqlen: int, chunk_size: int | None) -> tuple[int, int]:
+def _plan(seqlen: int, chunk_size: int | None, d_state: int, slab: int | None = None) -> tuple[int, int]:
     """Chunk length T and number of chunks nc = ceil(seqlen / T).
 
-    Default T ~ 2 sqrt(L) (at least ``_MIN_CHUNK``, a multiple of the block size): it balances the T
-    sequential steps within chunks against the size of each op (b*d*N*nc elements).
+    The default balances the T sequential steps within chunks (Python overhead per step) against the size
+    of each op (b*d*N*nc elements). On CPU (``slab`` = b*d*N given) it aims at ops that stay in cache:
+    nc ~ ``_CPU_SLAB`` / slab chunks (one when b*d*N alone is that big), with T at least
+    ``_MIN_CPU_CHUNK`` and at least 4 N, so that the chunk-start states autograd keeps (b*d*N*L/T) are at
+    most a quarter of the output's size. Elsewhere T ~ 2 sqrt(L), at least ``_MIN_CHUNK``. Both are
+    multiples of the block size.
     """
-    if chunk_size is None:
+    if chunk_size is None and slab is not None:
+        chunks = max(1, round(_CPU_SLAB / slab))
+        chunk_size = max(_MIN_CPU_CHUNK, 4 * d_state, _BLOCK * -(-seqlen // (chunks * _BLOCK)))
+    elif chunk_size is None:
         chunk_size = max(_MIN_CHUNK, _BLOCK * round(2 * math.sqrt(seqlen) / _BLOCK))
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -108,10 +121,11 @@ class _Layout:
     (T, b, nc, G, N, 1), and (d, N) matrices (G, N, dg).
     """
 
-    def __init__(self, batch: int, dim: int, d_state: int, seqlen: int, groups: int, chunk_size: int | None):
+    def __init__(self, batch: int, dim: int, d_state: int, seqlen: int, groups: int, chunk_size: int | None,
+                 cpu: bool):
         self.b, self.d, self.N, self.L, self.G = batch, dim, d_state, seqlen, groups
         self.dg = dim // groups
-        self.T, self.nc = _plan(seqlen, chunk_size)
+        self.T, self.nc = _plan(seqlen, chunk_size, d_state, batch * dim * d_state if cpu else None)
 
     def seq_in(self, x: torch.Tensor) -> torch.Tensor:
         """(b, d, L) -> (T, b, nc, G, 1, dg), in fp32."""
@@ -481,8 +495,9 @@ def selective_scan_torch(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, 
     dtype and, with ``return_last_state``, the final state (batch, d, N) in fp32. Gradients come back in
     each input's dtype.
 
-    ``chunk_size`` (default ~2 sqrt(L), at least 256) trades Python overhead (O(chunk_size) ops) against
-    the size of each op; it changes results only by rounding. Under ``torch.jit.trace`` the forward's
+    ``chunk_size`` trades Python overhead (O(chunk_size) ops) against the size of each op (default: on
+    CPU, chunks of ~96 K / (b*d*N) elements per step, at least 32 and 4 N steps; elsewhere ~2 sqrt(L), at least
+    256); it changes results only by rounding. Under ``torch.jit.trace`` the forward's
     plain tensor ops are recorded (an inference graph: ``jit.save``-able, not for training).
     """
     tracing = torch.jit.is_tracing()
@@ -494,7 +509,7 @@ def selective_scan_torch(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, 
         Bc, Cc = _canonical_bc(B, C)
         batch, dim, seqlen = u.shape
         groups = Bc.shape[1] if Bc.dim() == 4 else Cc.shape[1] if Cc.dim() == 4 else 1
-        lay = _Layout(batch, dim, A.shape[1], seqlen, groups, chunk_size)
+        lay = _Layout(batch, dim, A.shape[1], seqlen, groups, chunk_size, u.device.type == "cpu")
         if tracing:
             # The tracer would record the autograd.Function as an opaque Python op that cannot be saved,
             # so record the forward's plain ops instead.
