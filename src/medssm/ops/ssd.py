@@ -96,11 +96,13 @@ def segsum(a: torch.Tensor) -> torch.Tensor:
     cumulative sum of a is large.
     """
     T = a.shape[-1]
-    below = torch.ones(T, T, dtype=torch.bool, device=a.device).tril(-1)  # k > j
-    terms = a.unsqueeze(-1).expand(*a.shape, T).masked_fill(~below, 0.0)  # terms[..., k, j] = a[k] if k > j
-    sums = terms.cumsum(dim=-2)  # sums[..., i, j] = sum_{j < k <= i} a[k]
+    # Built transposed, [..., j, k], so that the running sum goes along the contiguous last dim: torch's CPU
+    # cumsum over dim -2 of (48, 256, 256) took 7.3 ms against 1.1 ms over dim -1 (2-core machine), and the
+    # autograd of segsum repeats it in the backward. The sums themselves are the same, in the same order.
+    after = torch.ones(T, T, dtype=a.dtype, device=a.device).triu(1)  # [j, k] = 1 where k > j
+    sums_t = (a.unsqueeze(-2) * after).cumsum(dim=-1)  # sums_t[..., j, i] = sum_{j < k <= i} a[k]
     causal = torch.ones(T, T, dtype=torch.bool, device=a.device).tril()
-    return sums.masked_fill(~causal, -math.inf)
+    return torch.where(causal, sums_t.transpose(-1, -2), -math.inf)
 
 
 def ssd_chunk_scan(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
