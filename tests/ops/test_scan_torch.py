@@ -20,7 +20,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from medssm.ops.scan_reference import selective_scan_reference
-from medssm.ops.scan_torch import _BLOCK, _plan, selective_scan_torch
+from medssm.ops.scan_torch import _BLOCK, _from_steps, _plan, _to_steps, selective_scan_torch
 from medssm.ops.selective_scan import selective_scan
 
 # mamba_ssm's tolerances (tests/ops/test_selective_scan.py): output rtol/atol per input dtype; gradients of
@@ -154,6 +154,21 @@ def test_gradient_through_last_state_only_and_output_only():
         for name, g, w in zip(NAMES, got, want, strict=True):
             w = torch.zeros_like(inputs[name]) if w is None else w
             torch.testing.assert_close(g, w, rtol=3e-3, atol=1e-2, msg=lambda m, n=name: f"{n}: {m}")
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_step_layout_round_trips_with_the_per_matrix_transpose(padded):
+    # (b, G, dg, L) with dg >= 32 < L takes the per-matrix 2-D copies; a non-contiguous source (a slice of a
+    # wider tensor) and a padded destination (a row slice of each matrix) included.
+    wide = torch.randn(2, 3, 40, 150)
+    x = wide[..., 7:107] if not padded else wide[..., :99]
+    T = 25 if not padded else 20
+    steps = _to_steps(x, T, -(-x.shape[-1] // T))
+    expected = x.transpose(-1, -2)
+    rows = steps.permute(1, 3, 2, 0, 4).reshape(2, 3, -1, 40)
+    assert torch.equal(rows[:, :, :x.shape[-1]], expected)
+    assert not rows[:, :, x.shape[-1]:].any()  # zero padding
+    assert torch.equal(_from_steps(steps, x.shape[-1]), x)
 
 
 @pytest.mark.parametrize("batch,dim,d_state,seqlen", [(1, 192, 16, 1024), (1, 192, 16, 4096), (2, 384, 16, 4096),
