@@ -390,6 +390,6 @@ def test_memory_no_full_volume_in_forward_or_backward(d_state):
     # Plus the backward's few live blocks of k steps (k * batch * nc * d * N floats each; on CPU nc aims at
     # ~96 K floats per step, so they are a few MB at most, whatever the problem size). Measured 20.5 units
     # at N = 16 and 32.4 at N = 64 (the reference loop: 151 units at N = 16).
-    T, nc = _plan(L, None, d_state, batch * dim * d_state)
+    _, nc = _plan(L, None, d_state, batch * dim * d_state)
     block = _BLOCK * batch * nc * dim * d_state * 4
     assert tracker.peak <= 12 * unit + 0.3 * volume + 5 * block
