@@ -15,7 +15,7 @@ Why it is laid out this way (see DESIGN.md, "Prior art for the scan"):
   LANES channels, or TILE where the narrower blocks share the work among the threads clearly better; the
   backward is compiled once per width, so that its buffers' rows have a constant length. Lanes past the
   end of a block are padded with zeros (exp(0 * A) = 1 and zero input keep their state at zero).
-- Forward keeps only the state every 64 steps when gradients are needed (batch, d, L/64, N); the
+- Forward keeps only the state every 64 steps when gradients are needed (batch, L/64, N, d); the
   backward recomputes each segment's states and decays from its checkpoint, one state at a time, then runs
   that state's adjoint recurrence lambda_t = gy_t C_t + a_{t+1} lambda_{t+1} backwards through the segment.
   Nothing of size (batch, d, L, N) is ever stored.
@@ -529,7 +529,8 @@ def _scan_fwd(job_lo, job_hi, u, delta, bias, softplus, A, Bsel, Bfix, Csel, Cfi
     """Forward scan for jobs [job_lo, job_hi). u, delta, z: 1-D views of (b, d, L) tensors' memory with
     element strides strides[0], [1], [2] (z empty when absent); out: 1-D, strides[4]; Bsel/Csel:
     (b, G, N, L), empty when fixed; Bfix/Cfix: (d, N), empty when selective; last_state: (b, d, N); ckpt:
-    (b, d, segments, N), the state before every CKPT_EVERY chunks."""
+    (b, segments, N, d), the state before every CKPT_EVERY chunks (channels last, so that the backward reads
+    a block's lanes from one row)."""
     d_state = A.shape[1]
     has_z = z.shape[0] > 0
     n_chunks = (seqlen + CHUNK - 1) // CHUNK
@@ -556,9 +557,9 @@ def _scan_fwd(job_lo, job_hi, u, delta, bias, softplus, A, Bsel, Bfix, Csel, Cfi
             t0 = k * CHUNK
             tn = min(CHUNK, seqlen - t0)
             if save_ckpt and k % CKPT_EVERY == 0:
-                for lane in range(nl):
-                    for n in range(d_state):
-                        ckpt[bi, c0 + lane, k // CKPT_EVERY, n] = h[n, lane]
+                for n in range(d_state):
+                    for lane in range(nl):
+                        ckpt[bi, k // CKPT_EVERY, n, c0 + lane] = h[n, lane]
             _load_chunk(u, delta, strides, softplus, bias_blk, d_blk, bi, c0, nl, t0, tn, lanes, ub, dlb, dub,
                         yb, no_sig, PREFETCH_AHEAD)
             if selective:
@@ -632,7 +633,7 @@ def _segment_backward(selective: bool):
                 par[_PMU, lane] = mu[n, lane]
                 par[_PDA, lane] = _ZERO
             for lane in range(nl):  # lanes >= nl hold zeros
-                wk[_HS, 0, lane] = ckpt[bi, c0 + lane, seg_i, n]
+                wk[_HS, 0, lane] = ckpt[bi, seg_i, n, c0 + lane]
             for jb in range(n_blocks):
                 j = jb * 4
                 b0 = Bsel[bi, gb, n, t0 + j] if has_bsel else _ONE
@@ -1065,7 +1066,7 @@ def scan_forward(plan: _Plan, save_ckpt: bool) -> tuple[torch.Tensor, torch.Tens
     out, out_np, plan.strides[4] = _new_sequence(batch, dim, seqlen, plan.strides[0])
     last = torch.empty(batch, dim, d_state)
     n_segments = -(-seqlen // (CHUNK * CKPT_EVERY))
-    ckpt = torch.empty(batch, dim, n_segments, d_state) if save_ckpt else torch.empty(0, 0, 0, 0)
+    ckpt = torch.empty(batch, n_segments, d_state, dim) if save_ckpt else torch.empty(0, 0, 0, 0)
     _run_jobs(_scan_fwd, plan.n_jobs, _workers(plan.n_jobs), *plan.args, *plan.jobs, plan.cpg_b, plan.cpg_c,
               plan.lanes, seqlen, out_np, last.numpy(), ckpt.numpy(), save_ckpt)
     return out, last, ckpt
