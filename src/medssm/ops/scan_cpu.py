@@ -525,12 +525,13 @@ _recur_y_selective = _chunk_recurrence(selective=True)
 
 @_kernel
 def _scan_fwd(job_lo, job_hi, u, delta, bias, softplus, A, Bsel, Bfix, Csel, Cfix, D, z, strides, job_b, job_c,
-              job_n, chan_per_gb, chan_per_gc, lanes, seqlen, out, last_state, ckpt, save_ckpt):
+              job_n, chan_per_gb, chan_per_gc, lanes, seqlen, out, last_state, ckpt, save_ckpt, y_saved):
     """Forward scan for jobs [job_lo, job_hi). u, delta, z: 1-D views of (b, d, L) tensors' memory with
     element strides strides[0], [1], [2] (z empty when absent); out: 1-D, strides[4]; Bsel/Csel:
     (b, G, N, L), empty when fixed; Bfix/Cfix: (d, N), empty when selective; last_state: (b, d, N); ckpt:
     (b, segments, N, d), the state before every CKPT_EVERY chunks (channels last, so that the backward reads
-    a block's lanes from one row)."""
+    a block's lanes from one row); y_saved: 1-D, strides[7], the output before the gate (for dL/dz; empty
+    when not needed)."""
     d_state = A.shape[1]
     has_z = z.shape[0] > 0
     n_chunks = (seqlen + CHUNK - 1) // CHUNK
@@ -559,13 +560,15 @@ def _scan_fwd(job_lo, job_hi, u, delta, bias, softplus, A, Bsel, Bfix, Csel, Cfi
             if save_ckpt and k % CKPT_EVERY == 0:
                 for n in range(d_state):
                     for lane in range(nl):
-                        ckpt[bi, k // CKPT_EVERY, n, c0 + lane] = h[n, lane]
+                        ckpt[bi, k // CKPT_EVERY, n, np.uint64(c0 + lane)] = h[n, lane]  # see _segment_backward
             _load_chunk(u, delta, strides, softplus, bias_blk, d_blk, bi, c0, nl, t0, tn, lanes, ub, dlb, dub,
                         yb, no_sig, PREFETCH_AHEAD)
             if selective:
                 _recur_y_selective(h, tn, t0, bi, gb, gc, Bsel, Csel, a_blk, b_blk, c_blk, dlb, dub, yb, lanes)
             else:
                 _recur_y(h, tn, t0, bi, gb, gc, Bsel, Csel, a_blk, b_blk, c_blk, dlb, dub, yb, lanes)
+            if y_saved.shape[0] > 0:
+                _store_lanes(yb, y_saved, _seq_at(strides, 7, bi, c0, t0), strides[7, 1], strides[7, 2], nl, tn)
             if has_z:
                 _load_lanes(z, _seq_at(strides, 2, bi, c0, t0), strides[2, 1], strides[2, 2], nl, tn, zb,
                             PREFETCH_AHEAD)
@@ -599,7 +602,7 @@ def _segment_backward(selective: bool):
         (slots _U ... _LAM):
 
         1. recompute state n from its checkpoint as in _recur_y, keeping wk[_HS] (row 0: the state before the
-           segment, row j + 1: after step j) and wk[_ES][j] = a_j = exp(dl_j A_n); add h C to y in wk[_Y];
+           segment, row j + 1: after step j) and wk[_ES][j] = a_j = exp(dl_j A_n);
         2. run its adjoint backwards, lambda_j = gy_j C_j + a_{j+1} lambda_{j+1}, with mu[n] = a_{j+1} lambda_{j+1}
            carried in and out, keeping wk[_LAM][j] = lambda_j dl_j u_j and accumulating
            ddl[j] += lambda a_j h_{j-1} A_n, sb[j] += lambda B_j and dA[n] += lambda a_j h_{j-1} dl_j (4 steps per
@@ -633,7 +636,9 @@ def _segment_backward(selective: bool):
                 par[_PMU, lane] = mu[n, lane]
                 par[_PDA, lane] = _ZERO
             for lane in range(nl):  # lanes >= nl hold zeros
-                wk[_HS, 0, lane] = ckpt[bi, seg_i, n, c0 + lane]
+                # an unsigned index: numba wraps negative signed indices, and with that select per lane LLVM
+                # turned this row copy into a vector gather (13% of a one-thread backward's samples)
+                wk[_HS, 0, lane] = ckpt[bi, seg_i, n, np.uint64(c0 + lane)]
             for jb in range(n_blocks):
                 j = jb * 4
                 b0 = Bsel[bi, gb, n, t0 + j] if has_bsel else _ONE
@@ -653,22 +658,18 @@ def _segment_backward(selective: bool):
                     wk[_ES, j, lane] = e
                     hv = e * hv + wk[_DU, j, lane] * (b0 * bn)
                     wk[_HS, j + 1, lane] = hv
-                    wk[_Y, j, lane] += hv * (q0 * cn)
                     e = _exp(wk[_DL, j + 1, lane] * an)
                     wk[_ES, j + 1, lane] = e
                     hv = e * hv + wk[_DU, j + 1, lane] * (b1 * bn)
                     wk[_HS, j + 2, lane] = hv
-                    wk[_Y, j + 1, lane] += hv * (q1 * cn)
                     e = _exp(wk[_DL, j + 2, lane] * an)
                     wk[_ES, j + 2, lane] = e
                     hv = e * hv + wk[_DU, j + 2, lane] * (b2 * bn)
                     wk[_HS, j + 3, lane] = hv
-                    wk[_Y, j + 2, lane] += hv * (q2 * cn)
                     e = _exp(wk[_DL, j + 3, lane] * an)
                     wk[_ES, j + 3, lane] = e
                     hv = e * hv + wk[_DU, j + 3, lane] * (b3 * bn)
                     wk[_HS, j + 4, lane] = hv
-                    wk[_Y, j + 3, lane] += hv * (q3 * cn)
             for j in range(n_blocks * 4, tn):
                 bs = Bsel[bi, gb, n, t0 + j] if has_bsel else _ONE
                 qs = Csel[bi, gc, n, t0 + j] if has_csel else _ONE
@@ -677,7 +678,6 @@ def _segment_backward(selective: bool):
                     wk[_ES, j, lane] = e
                     hv = e * wk[_HS, j, lane] + wk[_DU, j, lane] * (bs * par[_PB, lane])
                     wk[_HS, j + 1, lane] = hv
-                    wk[_Y, j, lane] += hv * (qs * par[_PC, lane])
             for jj in range(tn - n_blocks * 4):  # the steps past the last whole block come first
                 j = tn - 1 - jj
                 bs = Bsel[bi, gb, n, t0 + j] if has_bsel else _ONE
@@ -797,13 +797,13 @@ def _backward_kernel(width: int):
 
     @_kernel
     def scan_bwd(job_lo, job_hi, tid, u, delta, bias, softplus, A, Bsel, Bfix, Csel, Cfix, D, z, strides, gout, glast,
-                 ckpt, job_b, job_c, job_n, chan_per_gb, chan_per_gc, lanes, seqlen, du_out, ddelta_out, dz_out,
-                 dA_part, dD_part, dbias_part, dBsel_part, dBfix_part, dCsel_part, dCfix_part):
+                 ckpt, y_saved, job_b, job_c, job_n, chan_per_gb, chan_per_gc, lanes, seqlen, du_out, ddelta_out,
+                 dz_out, dA_part, dD_part, dbias_part, dBsel_part, dBfix_part, dCsel_part, dCfix_part):
         """Backward scan for jobs [job_lo, job_hi) on worker ``tid``: gradients w.r.t. u, delta and z, and
         worker ``tid``'s partial sums for A (workers, d, N), D and delta_bias (workers, d), and B and C
         (workers, b, G, N, L) or (workers, d, N). Inputs as in _scan_fwd, gout a 1-D view like them with
         strides[3]; du_out, ddelta_out, dz_out: 1-D, strides[4], [5], [6] (dz_out empty without z); glast: the last
-        state's gradient (b, d, N) or empty.
+        state's gradient (b, d, N) or empty; ckpt and y_saved: what the forward saved (see _scan_fwd).
 
         Segments of SEGMENT steps (one checkpoint each) are processed last to first: load the segment, the
         gate's gradient, then _segment_adjoint (each state's recomputation from its checkpoint, adjoint and B/C
@@ -845,18 +845,26 @@ def _backward_kernel(width: int):
                 seg_i = n_segments - 1 - sg_
                 t0 = seg_i * SEGMENT
                 tn = min(SEGMENT, seqlen - t0)
+                # the next segment's checkpoint rows, one per state: each state's recomputation starts with a
+                # load of its row, and when that misses the cache the state waits for it
+                for n0 in range(0, d_state, TILE):
+                    for l0 in range(0, nl, TILE):
+                        _prefetch_rows(ckpt, ((bi * n_segments + seg_i - 1) * d_state + n0) * ckpt.shape[3] + c0 + l0,
+                                       ckpt.shape[3])
                 _load_chunk(u, delta, strides, softplus, bias_blk, d_blk, bi, c0, nl, t0, tn, lanes, ub, dlb, dub, yb,
                             sgb, -PREFETCH_AHEAD)
                 _load_steps(gout, strides, 3, bi, c0, nl, t0, tn, gyb, -PREFETCH_AHEAD)
-                if has_z:  # the gate: gy = g silu(z) now; dz = g sg (1 + z (1 - sg)) y once y is known
+                if has_z:  # the gate: gy = g silu(z), dz = g sg (1 + z (1 - sg)) y with the forward's y
                     _load_steps(z, strides, 2, bi, c0, nl, t0, tn, zb, -PREFETCH_AHEAD)
+                    _load_steps(y_saved, strides, 7, bi, c0, nl, t0, tn, yb, -PREFETCH_AHEAD)
                     for j in range(tn):
                         for lane in range(lanes):
                             zv = zb[j, lane]
                             sg = _sigmoid(zv)
                             g = gyb[j, lane]
-                            zb[j, lane] = g * sg * (_ONE + zv * (_ONE - sg))
+                            zb[j, lane] = g * sg * (_ONE + zv * (_ONE - sg)) * yb[j, lane]  # dL/dz
                             gyb[j, lane] = g * zv * sg
+                    _store_steps(zb, dz_out, strides, 6, bi, c0, nl, t0, tn)
                 for j in range(tn):
                     for lane in range(lanes):
                         dD_acc[lane] += gyb[j, lane] * ub[j, lane]
@@ -869,11 +877,6 @@ def _backward_kernel(width: int):
                 else:
                     _segment_adjoint(wk, par, mu, dA_acc, dBf_acc, dCf_acc, ckpt, seg_i, tn, t0, tid, bi, c0, nl, gb,
                                      gc, Bsel, Csel, a_blk, b_blk, c_blk, dBsel_part, dCsel_part, lanes)
-                if has_z:
-                    for j in range(tn):
-                        for lane in range(lanes):
-                            zb[j, lane] *= yb[j, lane]  # now dL/dz
-                    _store_steps(zb, dz_out, strides, 6, bi, c0, nl, t0, tn)
                 for j in range(tn):
                     for lane in range(lanes):
                         ddl[j, lane] += sb[j, lane] * ub[j, lane]
@@ -1001,8 +1004,9 @@ class _Plan:
         zeros = np.zeros(dim, np.float32)
         bias = zeros if delta_bias is None else _f32(delta_bias)
         # u, delta, z and the backward's output gradient as 1-D views with their strides in rows 0-3; rows 4-6
-        # hold the strides of the outputs: the forward's out or the backward's du (laid out as u), ddelta, dz
-        self.strides = np.zeros((7, 3), np.int64)
+        # hold the strides of the outputs: the forward's out or the backward's du (laid out as u), ddelta, dz;
+        # row 7 those of the output before the gate that the forward saves for the backward
+        self.strides = np.zeros((8, 3), np.int64)
         seqs = []
         for row, t in enumerate((u, delta, z)):
             flat, strides = _sequence(t) if t is not None else (np.zeros(0, np.float32), (0, 0, 0))
@@ -1059,20 +1063,25 @@ def _run_jobs(kernel, n_jobs: int, workers: int, *args, with_tid: bool = False) 
         future.result()
 
 
-def scan_forward(plan: _Plan, save_ckpt: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Run the forward kernel: out (b, d, L) fp32 laid out as u, last state (b, d, N), chunk-start states or
-    empty."""
+def scan_forward(plan: _Plan, save: bool) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """Run the forward kernel: out (b, d, L) fp32 laid out as u, last state (b, d, N), and with ``save`` what
+    the backward needs: the chunk-start states and, with z, the output before the gate (as mamba_ssm's kernel
+    saves it: recomputing it took the backward's state recomputation a third longer)."""
     batch, dim, seqlen, d_state = plan.shape
     out, out_np, plan.strides[4] = _new_sequence(batch, dim, seqlen, plan.strides[0])
     last = torch.empty(batch, dim, d_state)
     n_segments = -(-seqlen // (CHUNK * CKPT_EVERY))
-    ckpt = torch.empty(batch, n_segments, d_state, dim) if save_ckpt else torch.empty(0, 0, 0, 0)
+    ckpt = torch.empty(batch, n_segments, d_state, dim) if save else torch.empty(0, 0, 0, 0)
+    if save and plan.has_z:
+        y, y_np, plan.strides[7] = _new_sequence(batch, dim, seqlen, plan.strides[0])
+    else:
+        y, y_np = torch.empty(0), np.zeros(0, np.float32)
     _run_jobs(_scan_fwd, plan.n_jobs, _workers(plan.n_jobs), *plan.args, *plan.jobs, plan.cpg_b, plan.cpg_c,
-              plan.lanes, seqlen, out_np, last.numpy(), ckpt.numpy(), save_ckpt)
-    return out, last, ckpt
+              plan.lanes, seqlen, out_np, last.numpy(), ckpt.numpy(), save, y_np)
+    return out, last, (ckpt, y)
 
 
-def scan_backward(plan: _Plan, ckpt: torch.Tensor, gout: torch.Tensor,
+def scan_backward(plan: _Plan, saved: tuple[torch.Tensor, torch.Tensor], gout: torch.Tensor,
                   glast: torch.Tensor | None = None) -> dict[str, torch.Tensor | None]:
     """Run the backward kernel for output gradient ``gout`` (b, d, L) and last-state gradient ``glast``
     (b, d, N) or None; returns fp32 gradients keyed by argument name (z: None when absent), those of u, delta
@@ -1092,7 +1101,9 @@ def scan_backward(plan: _Plan, ckpt: torch.Tensor, gout: torch.Tensor,
     b_sel, c_sel = bool(plan.Bsel.size), bool(plan.Csel.size)
     glast_np = empty3 if glast is None else _f32(glast)
     gout_flat, plan.strides[3] = _sequence(gout)
-    _run_jobs(_scan_bwd[plan.lanes], plan.n_jobs, workers, *plan.args, gout_flat, glast_np, ckpt.numpy(),
+    ckpt, y = saved
+    y_flat = y.as_strided((y.numel(),), (1,)).numpy()  # laid out as the forward's out (strides[7])
+    _run_jobs(_scan_bwd[plan.lanes], plan.n_jobs, workers, *plan.args, gout_flat, glast_np, ckpt.numpy(), y_flat,
               *plan.jobs, plan.cpg_b, plan.cpg_c, plan.lanes, seqlen, flats["u"], flats["delta"], flats["z"],
               parts["A"], parts["D"], parts["delta_bias"],
               parts["B"] if b_sel else empty5, empty3 if b_sel else parts["B"],
@@ -1111,8 +1122,8 @@ class _SelectiveScanCPU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
         plan = _Plan(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
-        out, last, ckpt = scan_forward(plan, save_ckpt=any(ctx.needs_input_grad))
-        ctx.plan, ctx.ckpt = plan, ckpt
+        out, last, saved = scan_forward(plan, save=any(ctx.needs_input_grad))
+        ctx.plan, ctx.saved = plan, saved
         inputs = (u, delta, A, B, C, D, z, delta_bias)
         # the plan reads the inputs' memory in place; saving them lets autograd refuse a backward after an
         # in-place change to any of them, as it does for torch's own ops
@@ -1128,7 +1139,7 @@ class _SelectiveScanCPU(torch.autograd.Function):
         ctx.saved_tensors  # noqa: B018  (raises if an input was modified in place since the forward)
         batch, dim, seqlen, _ = ctx.plan.shape
         gout = torch.zeros(batch, dim, seqlen) if gout is None else gout
-        grads = scan_backward(ctx.plan, ctx.ckpt, gout, glast)
+        grads = scan_backward(ctx.plan, ctx.saved, gout, glast)
         result = []
         for name, like, needed in zip(_NAMES, ctx.like, ctx.needs_input_grad, strict=False):
             g = grads[name]
