@@ -16,8 +16,8 @@ Why it is laid out this way (see DESIGN.md, "Prior art for the scan"):
   backward is compiled once per width, so that its buffers' rows have a constant length. Lanes past the
   end of a block are padded with zeros (exp(0 * A) = 1 and zero input keep their state at zero).
 - Forward keeps only the state every 64 steps when gradients are needed (batch, L/64, N, d); the
-  backward recomputes each segment's states and decays from its checkpoint, one state at a time, then runs
-  that state's adjoint recurrence lambda_t = gy_t C_t + a_{t+1} lambda_{t+1} backwards through the segment.
+  backward recomputes each segment's states and decays from its checkpoint, two states at a time, then runs
+  their adjoint recurrences lambda_t = gy_t C_t + a_{t+1} lambda_{t+1} backwards through the segment.
   Nothing of size (batch, d, L, N) is ever stored.
 - Chunk loads prefetch the rows they will need a few chunks on (software prefetch: one stream per
   channel is more than the hardware prefetcher follows).
@@ -76,9 +76,10 @@ SEGMENT = CHUNK * CKPT_EVERY
 # j. Backward at (1, 192, 16, 4096) on two threads, interleaved runs, ms (rows - 64 = 1, 3, 4, 5, 6, 9, 11):
 # 4.79, 3.89, 3.65, 3.76, 4.68, 4.56, 3.79; earlier runs 5.32 -> 4.05 (5) and 9.10 -> 7.30 (5, one thread).
 _SLOT_ROWS = SEGMENT + 5
-_U, _DL, _DU, _Y, _SG, _Z, _GY, _DDL, _SB, _ES, _HS, _LAM = range(12)
-_N_SLOTS = 12
-_PA, _PB, _PC, _PMU, _PDA = range(5)  # rows of the backward's per-state array: A, fixed B and C, mu, dA
+_U, _DL, _DU, _Y, _SG, _Z, _GY, _DDL, _SB, _ES, _HS, _LAM, _ES1, _HS1, _LAM1 = range(15)
+_N_SLOTS = 15
+# rows of the backward's per-state array: A, fixed B and C, mu, dA of a pair's first and second state
+_PA, _PB, _PC, _PMU, _PDA, _PA1, _PB1, _PC1, _PMU1, _PDA1 = range(10)
 
 _LOG2E = np.float32(1.4426950408889634)
 _LN2_HI = np.float32(0.693145751953125)  # ln 2 split so that k * _LN2_HI is exact for |k| < 2**11
@@ -597,16 +598,19 @@ def _segment_backward(selective: bool):
     @_jit
     def segment_adjoint(wk, par, mu, dA_acc, dBf_acc, dCf_acc, ckpt, seg_i, tn, t0, tid, bi, c0, nl, gb, gc, Bsel, Csel,
                          a_blk, b_blk, c_blk, dBsel_part, dCsel_part, lanes):
-        """The backward through one segment (tn <= SEGMENT steps from t0) of a block's states, one state n at a
-        time so that its rows stay in L1; wk holds the segment's loaded inputs and the state's scratch rows
-        (slots _U ... _LAM):
+        """The backward through one segment (tn <= SEGMENT steps from t0) of a block's states, two states n, n + 1
+        at a time so that their rows stay in cache; wk holds the segment's loaded inputs and the states' scratch
+        rows (slots _U ... _LAM1):
 
-        1. recompute state n from its checkpoint as in _recur_y, keeping wk[_HS] (row 0: the state before the
-           segment, row j + 1: after step j) and wk[_ES][j] = a_j = exp(dl_j A_n);
-        2. run its adjoint backwards, lambda_j = gy_j C_j + a_{j+1} lambda_{j+1}, with mu[n] = a_{j+1} lambda_{j+1}
+        1. recompute both states from their checkpoints as in _recur_y, keeping wk[_HS] and wk[_HS1] (row 0: the
+           state before the segment, row j + 1: after step j) and wk[_ES][j] = a_j = exp(dl_j A_n) (and _ES1);
+        2. run both adjoints backwards, lambda_j = gy_j C_j + a_{j+1} lambda_{j+1}, with mu[n] = a_{j+1} lambda_{j+1}
            carried in and out, keeping wk[_LAM][j] = lambda_j dl_j u_j and accumulating
            ddl[j] += lambda a_j h_{j-1} A_n, sb[j] += lambda B_j and dA[n] += lambda a_j h_{j-1} dl_j (4 steps per
-           pass, mu in a register);
+           pass, mu in a register). Two states per pass: each adjoint is a chain of dependent multiply-adds, and
+           two of them in one loop overlap their latencies and share the loads of gy, dl u, dl and the updates of
+           ddl and sb. Backward at (1, 192, 16, 4096), interleaved runs against one state at a time: one thread
+           8.80 -> 7.58 ms, two 4.85 -> 4.15 ms (medians);
         3. sum B's and C's gradients, lambda dl u (which the adjoint leaves in wk[_LAM]) and gy h (products of
            the rows wk[_GY] and wk[_HS]), over the block's channels (lanes): _add_row_sums and
            _add_row_product_sums per 16-step tile. Against a horizontal sum per step and state, one thread at
@@ -616,8 +620,8 @@ def _segment_backward(selective: bool):
            the adjoint loop stopped LLVM vectorising it): medians 8.07 -> 7.61 ms on one thread, 6.52 -> 5.83
            on two.
 
-        The lane loops touch two arrays: wk, whose rows lie at constant distances from each other, and par (5,
-        lanes), the state's A, fixed B and C, carried mu and dA. With a buffer per quantity, LLVM guarded each
+        The lane loops touch two arrays: wk, whose rows lie at constant distances from each other, and par (10,
+        lanes), the two states' A, fixed B and C, carried mu and dA. With a buffer per quantity, LLVM guarded each
         lane loop with run-time alias checks between every pair (~12% of the backward's samples); with par's
         rows in wk too it stopped vectorising the loops (a 4x slower backward). One function rather than
         helpers called per state: every call of an inlined helper costs an atomic reference-count increment and
@@ -628,161 +632,276 @@ def _segment_backward(selective: bool):
         has_bsel = selective or Bsel.shape[0] > 0
         has_csel = selective or Csel.shape[0] > 0
         n_blocks = tn // 4
-        for n in range(d_state):
+        for n in range(0, d_state, 2):
+            # states n and n1 = n + 1; with N odd the last pair's second state is a copy of n with B, C, its
+            # checkpoint and mu scaled by live1 = 0: it stays zero and contributes nothing, and is not written
+            n1 = min(n + 1, d_state - 1)
+            live1 = _ONE if n + 1 < d_state else _ZERO
             for lane in range(lanes):
                 par[_PA, lane] = a_blk[n, lane]
                 par[_PB, lane] = b_blk[n, lane]
                 par[_PC, lane] = c_blk[n, lane]
                 par[_PMU, lane] = mu[n, lane]
                 par[_PDA, lane] = _ZERO
+                par[_PA1, lane] = a_blk[n1, lane]
+                par[_PB1, lane] = b_blk[n1, lane] * live1
+                par[_PC1, lane] = c_blk[n1, lane] * live1
+                par[_PMU1, lane] = mu[n1, lane] * live1
+                par[_PDA1, lane] = _ZERO
             for lane in range(nl):  # lanes >= nl hold zeros
                 # an unsigned index: numba wraps negative signed indices, and with that select per lane LLVM
                 # turned this row copy into a vector gather (13% of a one-thread backward's samples)
                 wk[_HS, 0, lane] = ckpt[bi, seg_i, n, np.uint64(c0 + lane)]
+                wk[_HS1, 0, lane] = ckpt[bi, seg_i, n1, np.uint64(c0 + lane)] * live1
+            # 1. both states forward through the segment, 4 steps per pass
             for jb in range(n_blocks):
                 j = jb * 4
-                b0 = Bsel[bi, gb, n, t0 + j] if has_bsel else _ONE
-                b1 = Bsel[bi, gb, n, t0 + j + 1] if has_bsel else _ONE
-                b2 = Bsel[bi, gb, n, t0 + j + 2] if has_bsel else _ONE
-                b3 = Bsel[bi, gb, n, t0 + j + 3] if has_bsel else _ONE
-                q0 = Csel[bi, gc, n, t0 + j] if has_csel else _ONE
-                q1 = Csel[bi, gc, n, t0 + j + 1] if has_csel else _ONE
-                q2 = Csel[bi, gc, n, t0 + j + 2] if has_csel else _ONE
-                q3 = Csel[bi, gc, n, t0 + j + 3] if has_csel else _ONE
+                b00 = Bsel[bi, gb, n, t0 + j] if has_bsel else _ONE
+                b01 = Bsel[bi, gb, n, t0 + j + 1] if has_bsel else _ONE
+                b02 = Bsel[bi, gb, n, t0 + j + 2] if has_bsel else _ONE
+                b03 = Bsel[bi, gb, n, t0 + j + 3] if has_bsel else _ONE
+                b10 = Bsel[bi, gb, n1, t0 + j] * live1 if has_bsel else _ONE
+                b11 = Bsel[bi, gb, n1, t0 + j + 1] * live1 if has_bsel else _ONE
+                b12 = Bsel[bi, gb, n1, t0 + j + 2] * live1 if has_bsel else _ONE
+                b13 = Bsel[bi, gb, n1, t0 + j + 3] * live1 if has_bsel else _ONE
                 for lane in range(lanes):
-                    an = par[_PA, lane]
-                    bn = _ONE if selective else par[_PB, lane]
-                    cn = _ONE if selective else par[_PC, lane]
-                    hv = wk[_HS, j, lane]
-                    e = _exp(wk[_DL, j, lane] * an)
+                    a0 = par[_PA, lane]
+                    a1 = par[_PA1, lane]
+                    bn0 = _ONE if selective else par[_PB, lane]
+                    bn1 = _ONE if selective else par[_PB1, lane]
+                    h0 = wk[_HS, j, lane]
+                    h1 = wk[_HS1, j, lane]
+                    dl = wk[_DL, j, lane]
+                    du = wk[_DU, j, lane]
+                    e = _exp(dl * a0)
                     wk[_ES, j, lane] = e
-                    hv = e * hv + wk[_DU, j, lane] * (b0 * bn)
-                    wk[_HS, j + 1, lane] = hv
-                    e = _exp(wk[_DL, j + 1, lane] * an)
+                    h0 = e * h0 + du * (b00 * bn0)
+                    wk[_HS, j + 1, lane] = h0
+                    e = _exp(dl * a1)
+                    wk[_ES1, j, lane] = e
+                    h1 = e * h1 + du * (b10 * bn1)
+                    wk[_HS1, j + 1, lane] = h1
+                    dl = wk[_DL, j + 1, lane]
+                    du = wk[_DU, j + 1, lane]
+                    e = _exp(dl * a0)
                     wk[_ES, j + 1, lane] = e
-                    hv = e * hv + wk[_DU, j + 1, lane] * (b1 * bn)
-                    wk[_HS, j + 2, lane] = hv
-                    e = _exp(wk[_DL, j + 2, lane] * an)
+                    h0 = e * h0 + du * (b01 * bn0)
+                    wk[_HS, j + 2, lane] = h0
+                    e = _exp(dl * a1)
+                    wk[_ES1, j + 1, lane] = e
+                    h1 = e * h1 + du * (b11 * bn1)
+                    wk[_HS1, j + 2, lane] = h1
+                    dl = wk[_DL, j + 2, lane]
+                    du = wk[_DU, j + 2, lane]
+                    e = _exp(dl * a0)
                     wk[_ES, j + 2, lane] = e
-                    hv = e * hv + wk[_DU, j + 2, lane] * (b2 * bn)
-                    wk[_HS, j + 3, lane] = hv
-                    e = _exp(wk[_DL, j + 3, lane] * an)
+                    h0 = e * h0 + du * (b02 * bn0)
+                    wk[_HS, j + 3, lane] = h0
+                    e = _exp(dl * a1)
+                    wk[_ES1, j + 2, lane] = e
+                    h1 = e * h1 + du * (b12 * bn1)
+                    wk[_HS1, j + 3, lane] = h1
+                    dl = wk[_DL, j + 3, lane]
+                    du = wk[_DU, j + 3, lane]
+                    e = _exp(dl * a0)
                     wk[_ES, j + 3, lane] = e
-                    hv = e * hv + wk[_DU, j + 3, lane] * (b3 * bn)
-                    wk[_HS, j + 4, lane] = hv
+                    h0 = e * h0 + du * (b03 * bn0)
+                    wk[_HS, j + 4, lane] = h0
+                    e = _exp(dl * a1)
+                    wk[_ES1, j + 3, lane] = e
+                    h1 = e * h1 + du * (b13 * bn1)
+                    wk[_HS1, j + 4, lane] = h1
             for j in range(n_blocks * 4, tn):
-                bs = Bsel[bi, gb, n, t0 + j] if has_bsel else _ONE
-                qs = Csel[bi, gc, n, t0 + j] if has_csel else _ONE
+                bs0 = Bsel[bi, gb, n, t0 + j] if has_bsel else _ONE
+                bs1 = Bsel[bi, gb, n1, t0 + j] * live1 if has_bsel else _ONE
                 for lane in range(lanes):
-                    e = _exp(wk[_DL, j, lane] * par[_PA, lane])
+                    a0 = par[_PA, lane]
+                    a1 = par[_PA1, lane]
+                    bn0 = _ONE if selective else par[_PB, lane]
+                    bn1 = _ONE if selective else par[_PB1, lane]
+                    dl = wk[_DL, j, lane]
+                    du = wk[_DU, j, lane]
+                    e = _exp(dl * a0)
                     wk[_ES, j, lane] = e
-                    hv = e * wk[_HS, j, lane] + wk[_DU, j, lane] * (bs * par[_PB, lane])
-                    wk[_HS, j + 1, lane] = hv
-            for jj in range(tn - n_blocks * 4):  # the steps past the last whole block come first
-                j = tn - 1 - jj
-                bs = Bsel[bi, gb, n, t0 + j] if has_bsel else _ONE
-                qs = Csel[bi, gc, n, t0 + j] if has_csel else _ONE
+                    wk[_HS, j + 1, lane] = e * wk[_HS, j, lane] + du * (bs0 * bn0)
+                    e = _exp(dl * a1)
+                    wk[_ES1, j, lane] = e
+                    wk[_HS1, j + 1, lane] = e * wk[_HS1, j, lane] + du * (bs1 * bn1)
+            # 2. both adjoints backwards: the steps past the last whole block first, then 4 steps per pass
+            for jr in range(tn - n_blocks * 4):
+                j = tn - 1 - jr
+                bs0 = Bsel[bi, gb, n, t0 + j] if has_bsel else _ONE
+                bs1 = Bsel[bi, gb, n1, t0 + j] * live1 if has_bsel else _ONE
+                qs0 = Csel[bi, gc, n, t0 + j] if has_csel else _ONE
+                qs1 = Csel[bi, gc, n1, t0 + j] * live1 if has_csel else _ONE
                 for lane in range(lanes):
-                    e = wk[_ES, j, lane]
-                    lv = wk[_GY, j, lane] * (qs * par[_PC, lane]) + par[_PMU, lane]
-                    par[_PMU, lane] = e * lv
-                    wk[_LAM, j, lane] = lv * wk[_DU, j, lane]
-                    lam_ah = lv * e * wk[_HS, j, lane]
-                    wk[_DDL, j, lane] += lam_ah * par[_PA, lane]
-                    wk[_SB, j, lane] += lv * (bs * par[_PB, lane])
-                    par[_PDA, lane] += lam_ah * wk[_DL, j, lane]
+                    a0 = par[_PA, lane]
+                    a1 = par[_PA1, lane]
+                    bn0 = _ONE if selective else par[_PB, lane]
+                    bn1 = _ONE if selective else par[_PB1, lane]
+                    cn0 = _ONE if selective else par[_PC, lane]
+                    cn1 = _ONE if selective else par[_PC1, lane]
+                    m0 = par[_PMU, lane]
+                    m1 = par[_PMU1, lane]
+                    da0 = _ZERO
+                    da1 = _ZERO
+                    g = wk[_GY, j, lane]
+                    lv0 = g * (qs0 * cn0) + m0
+                    lv1 = g * (qs1 * cn1) + m1
+                    m0 = wk[_ES, j, lane] * lv0
+                    m1 = wk[_ES1, j, lane] * lv1
+                    du = wk[_DU, j, lane]
+                    wk[_LAM, j, lane] = lv0 * du
+                    wk[_LAM1, j, lane] = lv1 * du
+                    la0 = m0 * wk[_HS, j, lane]
+                    la1 = m1 * wk[_HS1, j, lane]
+                    wk[_DDL, j, lane] += la0 * a0 + la1 * a1
+                    wk[_SB, j, lane] += lv0 * (bs0 * bn0) + lv1 * (bs1 * bn1)
+                    dl = wk[_DL, j, lane]
+                    da0 += la0 * dl
+                    da1 += la1 * dl
+                    par[_PMU, lane] = m0
+                    par[_PMU1, lane] = m1
+                    par[_PDA, lane] += da0
+                    par[_PDA1, lane] += da1
             for jb in range(n_blocks):
                 j = (n_blocks - 1 - jb) * 4
-                b0 = Bsel[bi, gb, n, t0 + j] if has_bsel else _ONE
-                b1 = Bsel[bi, gb, n, t0 + j + 1] if has_bsel else _ONE
-                b2 = Bsel[bi, gb, n, t0 + j + 2] if has_bsel else _ONE
-                b3 = Bsel[bi, gb, n, t0 + j + 3] if has_bsel else _ONE
-                q0 = Csel[bi, gc, n, t0 + j] if has_csel else _ONE
-                q1 = Csel[bi, gc, n, t0 + j + 1] if has_csel else _ONE
-                q2 = Csel[bi, gc, n, t0 + j + 2] if has_csel else _ONE
-                q3 = Csel[bi, gc, n, t0 + j + 3] if has_csel else _ONE
+                b00 = Bsel[bi, gb, n, t0 + j] if has_bsel else _ONE
+                b01 = Bsel[bi, gb, n, t0 + j + 1] if has_bsel else _ONE
+                b02 = Bsel[bi, gb, n, t0 + j + 2] if has_bsel else _ONE
+                b03 = Bsel[bi, gb, n, t0 + j + 3] if has_bsel else _ONE
+                b10 = Bsel[bi, gb, n1, t0 + j] * live1 if has_bsel else _ONE
+                b11 = Bsel[bi, gb, n1, t0 + j + 1] * live1 if has_bsel else _ONE
+                b12 = Bsel[bi, gb, n1, t0 + j + 2] * live1 if has_bsel else _ONE
+                b13 = Bsel[bi, gb, n1, t0 + j + 3] * live1 if has_bsel else _ONE
+                q00 = Csel[bi, gc, n, t0 + j] if has_csel else _ONE
+                q01 = Csel[bi, gc, n, t0 + j + 1] if has_csel else _ONE
+                q02 = Csel[bi, gc, n, t0 + j + 2] if has_csel else _ONE
+                q03 = Csel[bi, gc, n, t0 + j + 3] if has_csel else _ONE
+                q10 = Csel[bi, gc, n1, t0 + j] * live1 if has_csel else _ONE
+                q11 = Csel[bi, gc, n1, t0 + j + 1] * live1 if has_csel else _ONE
+                q12 = Csel[bi, gc, n1, t0 + j + 2] * live1 if has_csel else _ONE
+                q13 = Csel[bi, gc, n1, t0 + j + 3] * live1 if has_csel else _ONE
                 for lane in range(lanes):
-                    an = par[_PA, lane]
-                    bn = _ONE if selective else par[_PB, lane]
-                    cn = _ONE if selective else par[_PC, lane]
-                    m = par[_PMU, lane]
-                    da = _ZERO
-                    # step j + 3
-                    e = wk[_ES, j + 3, lane]
-                    lv = wk[_GY, j + 3, lane] * (q3 * cn) + m
-                    m = e * lv
-                    wk[_LAM, j + 3, lane] = lv * wk[_DU, j + 3, lane]
-                    lam_ah = lv * e * wk[_HS, j + 3, lane]
-                    wk[_DDL, j + 3, lane] += lam_ah * an
-                    wk[_SB, j + 3, lane] += lv * (b3 * bn)
-                    da += lam_ah * wk[_DL, j + 3, lane]
-                    # step j + 2
-                    e = wk[_ES, j + 2, lane]
-                    lv = wk[_GY, j + 2, lane] * (q2 * cn) + m
-                    m = e * lv
-                    wk[_LAM, j + 2, lane] = lv * wk[_DU, j + 2, lane]
-                    lam_ah = lv * e * wk[_HS, j + 2, lane]
-                    wk[_DDL, j + 2, lane] += lam_ah * an
-                    wk[_SB, j + 2, lane] += lv * (b2 * bn)
-                    da += lam_ah * wk[_DL, j + 2, lane]
-                    # step j + 1
-                    e = wk[_ES, j + 1, lane]
-                    lv = wk[_GY, j + 1, lane] * (q1 * cn) + m
-                    m = e * lv
-                    wk[_LAM, j + 1, lane] = lv * wk[_DU, j + 1, lane]
-                    lam_ah = lv * e * wk[_HS, j + 1, lane]
-                    wk[_DDL, j + 1, lane] += lam_ah * an
-                    wk[_SB, j + 1, lane] += lv * (b1 * bn)
-                    da += lam_ah * wk[_DL, j + 1, lane]
-                    # step j
-                    e = wk[_ES, j, lane]
-                    lv = wk[_GY, j, lane] * (q0 * cn) + m
-                    m = e * lv
-                    wk[_LAM, j, lane] = lv * wk[_DU, j, lane]
-                    lam_ah = lv * e * wk[_HS, j, lane]
-                    wk[_DDL, j, lane] += lam_ah * an
-                    wk[_SB, j, lane] += lv * (b0 * bn)
-                    da += lam_ah * wk[_DL, j, lane]
-                    par[_PMU, lane] = m
-                    par[_PDA, lane] += da
+                    a0 = par[_PA, lane]
+                    a1 = par[_PA1, lane]
+                    bn0 = _ONE if selective else par[_PB, lane]
+                    bn1 = _ONE if selective else par[_PB1, lane]
+                    cn0 = _ONE if selective else par[_PC, lane]
+                    cn1 = _ONE if selective else par[_PC1, lane]
+                    m0 = par[_PMU, lane]
+                    m1 = par[_PMU1, lane]
+                    da0 = _ZERO
+                    da1 = _ZERO
+                    g = wk[_GY, j + 3, lane]
+                    lv0 = g * (q03 * cn0) + m0
+                    lv1 = g * (q13 * cn1) + m1
+                    m0 = wk[_ES, j + 3, lane] * lv0
+                    m1 = wk[_ES1, j + 3, lane] * lv1
+                    du = wk[_DU, j + 3, lane]
+                    wk[_LAM, j + 3, lane] = lv0 * du
+                    wk[_LAM1, j + 3, lane] = lv1 * du
+                    la0 = m0 * wk[_HS, j + 3, lane]
+                    la1 = m1 * wk[_HS1, j + 3, lane]
+                    wk[_DDL, j + 3, lane] += la0 * a0 + la1 * a1
+                    wk[_SB, j + 3, lane] += lv0 * (b03 * bn0) + lv1 * (b13 * bn1)
+                    dl = wk[_DL, j + 3, lane]
+                    da0 += la0 * dl
+                    da1 += la1 * dl
+                    g = wk[_GY, j + 2, lane]
+                    lv0 = g * (q02 * cn0) + m0
+                    lv1 = g * (q12 * cn1) + m1
+                    m0 = wk[_ES, j + 2, lane] * lv0
+                    m1 = wk[_ES1, j + 2, lane] * lv1
+                    du = wk[_DU, j + 2, lane]
+                    wk[_LAM, j + 2, lane] = lv0 * du
+                    wk[_LAM1, j + 2, lane] = lv1 * du
+                    la0 = m0 * wk[_HS, j + 2, lane]
+                    la1 = m1 * wk[_HS1, j + 2, lane]
+                    wk[_DDL, j + 2, lane] += la0 * a0 + la1 * a1
+                    wk[_SB, j + 2, lane] += lv0 * (b02 * bn0) + lv1 * (b12 * bn1)
+                    dl = wk[_DL, j + 2, lane]
+                    da0 += la0 * dl
+                    da1 += la1 * dl
+                    g = wk[_GY, j + 1, lane]
+                    lv0 = g * (q01 * cn0) + m0
+                    lv1 = g * (q11 * cn1) + m1
+                    m0 = wk[_ES, j + 1, lane] * lv0
+                    m1 = wk[_ES1, j + 1, lane] * lv1
+                    du = wk[_DU, j + 1, lane]
+                    wk[_LAM, j + 1, lane] = lv0 * du
+                    wk[_LAM1, j + 1, lane] = lv1 * du
+                    la0 = m0 * wk[_HS, j + 1, lane]
+                    la1 = m1 * wk[_HS1, j + 1, lane]
+                    wk[_DDL, j + 1, lane] += la0 * a0 + la1 * a1
+                    wk[_SB, j + 1, lane] += lv0 * (b01 * bn0) + lv1 * (b11 * bn1)
+                    dl = wk[_DL, j + 1, lane]
+                    da0 += la0 * dl
+                    da1 += la1 * dl
+                    g = wk[_GY, j, lane]
+                    lv0 = g * (q00 * cn0) + m0
+                    lv1 = g * (q10 * cn1) + m1
+                    m0 = wk[_ES, j, lane] * lv0
+                    m1 = wk[_ES1, j, lane] * lv1
+                    du = wk[_DU, j, lane]
+                    wk[_LAM, j, lane] = lv0 * du
+                    wk[_LAM1, j, lane] = lv1 * du
+                    la0 = m0 * wk[_HS, j, lane]
+                    la1 = m1 * wk[_HS1, j, lane]
+                    wk[_DDL, j, lane] += la0 * a0 + la1 * a1
+                    wk[_SB, j, lane] += lv0 * (b00 * bn0) + lv1 * (b10 * bn1)
+                    dl = wk[_DL, j, lane]
+                    da0 += la0 * dl
+                    da1 += la1 * dl
+                    par[_PMU, lane] = m0
+                    par[_PMU1, lane] = m1
+                    par[_PDA, lane] += da0
+                    par[_PDA1, lane] += da1
             for lane in range(lanes):
                 mu[n, lane] = par[_PMU, lane]
                 dA_acc[n, lane] += par[_PDA, lane]
-            # B's and C's gradients: sums over the block's lanes of lambda dl u (in wk[_LAM]) and gy h
-            tiled = tn // TILE * TILE
-            for j0 in range(0, tiled, TILE):
-                lam_at = (_LAM * _SLOT_ROWS + j0) * width
-                gy_at = (_GY * _SLOT_ROWS + j0) * width
-                hs_at = (_HS * _SLOT_ROWS + j0) * width
-                if has_bsel and width == LANES:
-                    _add_row_sums(wk, lam_at, width, dBsel_part, _flat5(dBsel_part, tid, bi, gb, n, t0 + j0))
-                elif has_bsel:
-                    _add_tile_row_sums(wk, lam_at, width, dBsel_part, _flat5(dBsel_part, tid, bi, gb, n, t0 + j0))
-                if has_csel and width == LANES:
-                    _add_row_product_sums(wk, gy_at, hs_at + width, width, dCsel_part,
-                                          _flat5(dCsel_part, tid, bi, gc, n, t0 + j0))
-                elif has_csel:
-                    _add_tile_row_product_sums(wk, gy_at, hs_at + width, width, dCsel_part,
-                                               _flat5(dCsel_part, tid, bi, gc, n, t0 + j0))
-            for j in range(tiled, tn):
-                if has_bsel:
-                    acc_b = _ZERO
-                    for lane in range(lanes):
-                        acc_b += wk[_LAM, j, lane]
-                    dBsel_part[tid, bi, gb, n, t0 + j] += acc_b
-                if has_csel:
-                    acc_c = _ZERO
-                    for lane in range(lanes):
-                        acc_c += wk[_GY, j, lane] * wk[_HS, j + 1, lane]
-                    dCsel_part[tid, bi, gc, n, t0 + j] += acc_c
-            if not has_bsel:
-                for j in range(tn):
-                    for lane in range(lanes):
-                        dBf_acc[n, lane] += wk[_LAM, j, lane]
-            if not has_csel:
-                for j in range(tn):
-                    for lane in range(lanes):
-                        dCf_acc[n, lane] += wk[_GY, j, lane] * wk[_HS, j + 1, lane]
+            if n + 1 < d_state:
+                for lane in range(lanes):
+                    mu[n1, lane] = par[_PMU1, lane]
+                    dA_acc[n1, lane] += par[_PDA1, lane]
+            # 3. B's and C's gradients: sums over the block's lanes of lambda dl u (in wk[_LAM]) and gy h
+            for k in range(min(2, d_state - n)):
+                nk = n + k
+                lam_slot, hs_slot = _LAM + 3 * k, _HS + 3 * k  # the state's own slots (_LAM1 = _LAM + 3, ...)
+                tiled = tn // TILE * TILE
+                for j0 in range(0, tiled, TILE):
+                    lam_at = (lam_slot * _SLOT_ROWS + j0) * width
+                    gy_at = (_GY * _SLOT_ROWS + j0) * width
+                    hs_at = (hs_slot * _SLOT_ROWS + j0) * width
+                    if has_bsel and width == LANES:
+                        _add_row_sums(wk, lam_at, width, dBsel_part, _flat5(dBsel_part, tid, bi, gb, nk, t0 + j0))
+                    elif has_bsel:
+                        _add_tile_row_sums(wk, lam_at, width, dBsel_part, _flat5(dBsel_part, tid, bi, gb, nk, t0 + j0))
+                    if has_csel and width == LANES:
+                        _add_row_product_sums(wk, gy_at, hs_at + width, width, dCsel_part,
+                                              _flat5(dCsel_part, tid, bi, gc, nk, t0 + j0))
+                    elif has_csel:
+                        _add_tile_row_product_sums(wk, gy_at, hs_at + width, width, dCsel_part,
+                                                   _flat5(dCsel_part, tid, bi, gc, nk, t0 + j0))
+                for j in range(tiled, tn):
+                    if has_bsel:
+                        acc_b = _ZERO
+                        for lane in range(lanes):
+                            acc_b += wk[lam_slot, j, lane]
+                        dBsel_part[tid, bi, gb, nk, t0 + j] += acc_b
+                    if has_csel:
+                        acc_c = _ZERO
+                        for lane in range(lanes):
+                            acc_c += wk[_GY, j, lane] * wk[hs_slot, j + 1, lane]
+                        dCsel_part[tid, bi, gc, nk, t0 + j] += acc_c
+                if not has_bsel:
+                    for j in range(tn):
+                        for lane in range(lanes):
+                            dBf_acc[nk, lane] += wk[lam_slot, j, lane]
+                if not has_csel:
+                    for j in range(tn):
+                        for lane in range(lanes):
+                            dCf_acc[nk, lane] += wk[_GY, j, lane] * wk[hs_slot, j + 1, lane]
 
     return segment_adjoint
 
@@ -818,7 +937,7 @@ def _backward_kernel(width: int):
         selective = Bsel.shape[0] > 0 and Csel.shape[0] > 0
         # the segment's buffers as slots (_U, _DL, ...) of one array, _SLOT_ROWS rows each (see there)
         wk = np.empty((_N_SLOTS, _SLOT_ROWS, width), np.float32)
-        par = np.empty((5, width), np.float32)
+        par = np.empty((10, width), np.float32)
         mu = np.empty((d_state, width), np.float32)  # a_{t+1} * lambda_{t+1}, carried backwards
         dA_acc = np.empty((d_state, width), np.float32)
         dBf_acc = np.empty((d_state, width), np.float32)
