@@ -613,7 +613,8 @@ def _segment_backward(selective: bool):
            pass, mu in a register). Two states per pass: each adjoint is a chain of dependent multiply-adds, and
            two of them in one loop overlap their latencies and share the loads of gy, dl u, dl and the updates of
            ddl and sb. Backward at (1, 192, 16, 4096), interleaved runs against one state at a time: one thread
-           8.80 -> 7.58 ms, two 4.85 -> 4.15 ms (medians);
+           8.80 -> 7.58 ms; two 4.85 -> 4.15 and, with the variants' order in the run swapped, 4.20 -> 4.12 ms
+           (medians; on two threads whichever variant a run timed first came out slower);
         3. sum B's and C's gradients, lambda dl u (which the adjoint leaves in wk[_LAM]) and gy h (products of
            the rows wk[_GY] and wk[_HS]), over the block's channels (lanes): _add_row_sums and
            _add_row_product_sums per 16-step tile. Against a horizontal sum per step and state, one thread at
