@@ -78,6 +78,7 @@ SEGMENT = CHUNK * CKPT_EVERY
 _SLOT_ROWS = SEGMENT + 5
 _U, _DL, _DU, _Y, _SG, _Z, _GY, _DDL, _SB, _ES, _HS, _LAM, _ES1, _HS1, _LAM1 = range(15)
 _N_SLOTS = 15
+assert (_HS1, _LAM1) == (_HS + 3, _LAM + 3)  # a pair's second state's slots: _segment_backward's sums
 # rows of the backward's per-state array: A, fixed B and C, mu, dA of a pair's first and second state
 _PA, _PB, _PC, _PMU, _PDA, _PA1, _PB1, _PC1, _PMU1, _PDA1 = range(10)
 
@@ -1189,7 +1190,8 @@ def _run_jobs(kernel, n_jobs: int, workers: int, *args, with_tid: bool = False) 
 def scan_forward(plan: _Plan, save: bool) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
     """Run the forward kernel: out (b, d, L) fp32 laid out as u, last state (b, d, N), and with ``save`` what
     the backward needs: the chunk-start states and, with z, the output before the gate (as mamba_ssm's kernel
-    saves it: recomputing it took the backward's state recomputation a third longer)."""
+    saves it; the backward's state recomputation then has one load, multiply-add and store less per state and
+    step)."""
     batch, dim, seqlen, d_state = plan.shape
     out, out_np, plan.strides[4] = _new_sequence(batch, dim, seqlen, plan.strides[0])
     last = torch.empty(batch, dim, d_state)
