@@ -458,8 +458,9 @@ def _block_params(A, Bfix, Cfix, D, bias, c0, nl, lanes):
 def _load_chunk(u, delta, strides, softplus, bias_blk, d_blk, bi, c0, nl, t0, tn, lanes, ub, dlb, dub, yb, sgb,
                 ahead):
     """Load one chunk of u and delta (sequence tensors 0 and 1 of ``strides``) into (time, lane) buffers and
-    prepare per-step terms: dlb = softplus(delta + bias) (or delta + bias), sgb = its derivative (only if
-    sgb has rows), dub = dlb * u, and yb = D * u (the skip term the scan adds to)."""
+    prepare per-step terms: dlb = softplus(delta + bias) (or delta + bias), sgb = softplus's derivative (with
+    softplus and only if sgb has rows: the backward's), dub = dlb * u, and yb = D * u (the skip term the scan
+    adds to)."""
     if tn <= TILE:  # the forward's chunks: through _load_steps' loop its forward measured 8% slower
         _load_lanes(u, _seq_at(strides, 0, bi, c0, t0), strides[0, 1], strides[0, 2], nl, tn, ub, ahead)
         _load_lanes(delta, _seq_at(strides, 1, bi, c0, t0), strides[1, 1], strides[1, 2], nl, tn, dlb, ahead)
