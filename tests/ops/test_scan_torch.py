@@ -165,7 +165,7 @@ def test_step_layout_round_trips_with_the_per_matrix_transpose(padded):
     T = 25 if not padded else 20
     steps = _to_steps(x, T, -(-x.shape[-1] // T))
     expected = x.transpose(-1, -2)
-    rows = steps.permute(1, 3, 2, 0, 4).reshape(2, 3, -1, 40)
+    rows = steps.transpose(1, 2).reshape(2, 3, -1, 40)  # (b, nc, X, T, Y) -> (b, X, nc * T, Y)
     assert torch.equal(rows[:, :, :x.shape[-1]], expected)
     assert not rows[:, :, x.shape[-1]:].any()  # zero padding
     assert torch.equal(_from_steps(steps, x.shape[-1]), x)

@@ -94,7 +94,7 @@ def _copy_transposed(dst: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
 
 
 def _to_steps(x: torch.Tensor, T: int, nc: int) -> torch.Tensor:
-    """(b, X, Y, L) -> (T, b, nc, X, Y), zero-padded to nc*T steps; step t = c*T + j lands at [j, :, c].
+    """(b, X, Y, L) -> (b, nc, X, T, Y), zero-padded to nc*T steps; step t = c*T + j lands at [:, c, :, j].
 
     Transposes (Y, L) -> (L, Y) first and then moves whole rows of Y: ~2x faster than one permuted copy
     on CPU, whose reads would stride by L for every element.
@@ -102,23 +102,31 @@ def _to_steps(x: torch.Tensor, T: int, nc: int) -> torch.Tensor:
     b, X, Y, L = x.shape
     xt = x.new_empty(b, X, nc * T, Y) if nc * T == L else x.new_zeros(b, X, nc * T, Y)
     _copy_transposed(xt[:, :, :L] if nc * T > L else xt, x)
-    return xt.view(b, X, nc, T, Y).permute(3, 0, 2, 1, 4).contiguous()
+    return xt.view(b, X, nc, T, Y).transpose(1, 2).contiguous()
 
 
 def _from_steps(x: torch.Tensor, seqlen: int) -> torch.Tensor:
-    """Inverse of :func:`_to_steps`: (T, b, nc, X, Y) -> (b, X, Y, seqlen), in the same two moves."""
-    T, b, nc, X, Y = x.shape
-    rows = x.permute(1, 3, 2, 0, 4).reshape(b, X, nc * T, Y)[:, :, :seqlen]
+    """Inverse of :func:`_to_steps`: (b, nc, X, T, Y) -> (b, X, Y, seqlen), in the same two moves."""
+    b, nc, X, T, Y = x.shape
+    rows = x.transpose(1, 2).reshape(b, X, nc * T, Y)[:, :, :seqlen]
     return rows.transpose(-1, -2).contiguous()
 
 
 class _Layout:
     """Converts between the public layouts and the step layout of the passes.
 
-    Channels split as d = G * dg so that B/C group g covers channel block g. A slab is (b, nc, G, N, dg):
-    channels innermost (contiguous, so elementwise ops vectorise), N next to them (so contractions over
-    N are batched matmuls). Per-channel sequences are (T, b, nc, G, 1, dg), B/C sequences
-    (T, b, nc, G, N, 1), and (d, N) matrices (G, N, dg).
+    Channels split as d = G * dg so that B/C group g covers channel block g. A slab (the states of one
+    step of every chunk) is (b, nc, G, N, dg): channels innermost (contiguous, so elementwise ops
+    vectorise), N next to them (so contractions over N are batched matmuls). Sequences keep the step
+    within the chunk at dim 3 (``_STEP``), after the chunk: per-channel (b, nc, G, T, 1, dg), B/C
+    (b, nc, G, T, N, 1); (d, N) matrices are (G, 1, N, dg) and (d,) vectors (G, 1, 1, dg).
+
+    Chunks outermost, because torch splits an op between threads by its outermost dimension: then
+    every op, whether it covers a block of steps or one step, gives each thread the same chunks, and
+    no thread reads what another wrote. When the host puts the two vCPUs of the 2-core machine on
+    different L3 caches (a cache line's round trip between them 370 ns rather than 90; it changes
+    between runs), steps outermost made this backend's forward ~2x slower (19 vs 10 ms at
+    (1, 192, 16, 4096)), its broadcasting multiplications 4-5x.
     """
 
     def __init__(self, batch: int, dim: int, d_state: int, seqlen: int, groups: int, chunk_size: int | None,
@@ -128,31 +136,31 @@ class _Layout:
         self.T, self.nc = _plan(seqlen, chunk_size, d_state, batch * dim * d_state if cpu else None)
 
     def seq_in(self, x: torch.Tensor) -> torch.Tensor:
-        """(b, d, L) -> (T, b, nc, G, 1, dg), in fp32."""
+        """(b, d, L) -> (b, nc, G, T, 1, dg), in fp32."""
         return _to_steps(x.float().reshape(self.b, self.G, self.dg, self.L), self.T, self.nc).unsqueeze(-2)
 
     def seq_out(self, x: torch.Tensor) -> torch.Tensor:
-        """(T, b, nc, G, 1, dg) -> (b, d, L)."""
+        """(b, nc, G, T, 1, dg) -> (b, d, L)."""
         return _from_steps(x.squeeze(-2), self.L).reshape(self.b, self.d, self.L)
 
     def mat_in(self, x: torch.Tensor) -> torch.Tensor:
-        """(d, N) -> (G, N, dg), in fp32."""
-        return x.float().reshape(self.G, self.dg, self.N).transpose(1, 2).contiguous()
+        """(d, N) -> (G, 1, N, dg), in fp32."""
+        return x.float().reshape(self.G, 1, self.dg, self.N).transpose(-1, -2).contiguous()
 
     def mat_out(self, x: torch.Tensor) -> torch.Tensor:
-        """(G, N, dg) -> (d, N)."""
-        return x.transpose(1, 2).reshape(self.d, self.N)
+        """(G, 1, N, dg) -> (d, N)."""
+        return x.squeeze(1).transpose(1, 2).reshape(self.d, self.N)
 
     def vec_in(self, x: torch.Tensor) -> torch.Tensor:
-        """(d,) -> (G, 1, dg), in fp32."""
-        return x.float().reshape(self.G, 1, self.dg)
+        """(d,) -> (G, 1, 1, dg), in fp32."""
+        return x.float().reshape(self.G, 1, 1, self.dg)
 
     def bc_in(self, x: torch.Tensor) -> torch.Tensor:
-        """B or C: fixed (d, N) -> (G, N, dg); grouped (b, G, N, L) -> (T, b, nc, G, N, 1)."""
+        """B or C: fixed (d, N) -> (G, 1, N, dg); grouped (b, G, N, L) -> (b, nc, G, T, N, 1)."""
         return self.mat_in(x) if x.dim() == 2 else _to_steps(x.float(), self.T, self.nc).unsqueeze(-1)
 
     def bc_out(self, x: torch.Tensor) -> torch.Tensor:
-        return self.mat_out(x) if x.dim() == 3 else _from_steps(x.squeeze(-1), self.L)
+        return self.mat_out(x) if x.dim() == 4 else _from_steps(x.squeeze(-1), self.L)
 
     def state_out(self, x: torch.Tensor) -> torch.Tensor:
         """(b, G, N, dg) -> (b, d, N)."""
@@ -163,13 +171,22 @@ class _Layout:
         return x.float().reshape(self.b, self.G, self.dg, self.N).transpose(-1, -2)
 
 
+# The step dimension of sequences and blocks in the step layout (see _Layout).
+_STEP = 3
+
+
 def _blocks(T: int, k: int) -> list[tuple[int, int]]:
     return [(j0, min(j0 + k, T)) for j0 in range(0, T, k)]
 
 
+def _steps(x: torch.Tensor, j0: int, j1: int) -> torch.Tensor:
+    """The steps [j0, j1) of a sequence in step layout (a view)."""
+    return x.narrow(_STEP, j0, j1 - j0)
+
+
 def _bc_block(x: torch.Tensor, j0: int, j1: int) -> torch.Tensor:
-    """B or C for steps [j0, j1): fixed (G, N, dg) as is, grouped (T, b, nc, G, N, 1) sliced."""
-    return x if x.dim() == 3 else x[j0:j1]
+    """B or C for steps [j0, j1): fixed (G, 1, N, dg) as is, grouped (b, nc, G, T, N, 1) sliced."""
+    return x if x.dim() == 4 else _steps(x, j0, j1)
 
 
 def _sum_n(x: torch.Tensor) -> torch.Tensor:
@@ -186,14 +203,14 @@ def _base2(A_w: torch.Tensor) -> torch.Tensor:
 
 
 def _block_decays(delta_s: torch.Tensor, A2_w: torch.Tensor, j0: int, j1: int) -> torch.Tensor:
-    """a_t = exp(delta_t * A) for the steps [j0, j1): (k, b, nc, G, N, dg), exponentiated in place;
+    """a_t = exp(delta_t * A) for the steps [j0, j1): (b, nc, G, k, N, dg), exponentiated in place;
     A2_w = :func:`_base2` (A)."""
-    return torch.mul(delta_s[j0:j1], A2_w).exp2_()
+    return torch.mul(_steps(delta_s, j0, j1), A2_w).exp2_()
 
 
 def _chunk_decays(delta_s: torch.Tensor, A2_w: torch.Tensor) -> torch.Tensor:
     """exp(A * sum of delta over each chunk): (b, nc, G, N, dg). The sum is chunk-local, never global."""
-    return torch.mul(delta_s.sum(0), A2_w).exp2_()
+    return torch.mul(delta_s.sum(_STEP), A2_w.squeeze(1)).exp2_()
 
 
 def _chunk_carry(local: torch.Tensor, decay: torch.Tensor, init: torch.Tensor | None = None) -> torch.Tensor:
@@ -215,13 +232,13 @@ def _chunk_carry(local: torch.Tensor, decay: torch.Tensor, init: torch.Tensor | 
 
 
 def _recur_(x: torch.Tensor, a: torch.Tensor, x0: torch.Tensor | None = None) -> torch.Tensor:
-    """In place along dim 0: x[0] += a[0] * x0 (if given), then x[j] += a[j] * x[j - 1]; returns x.
+    """In place along the steps: x_0 += a_0 * x0 (if given), then x_j += a_j * x_{j-1}; returns x.
 
     The states of a block from its inputs (x = delta u B). The steps are views from one ``unbind``: indexing
     x[j], a[j], x[j - 1] cost about 2.4 us of Python a step next to the ~5 us add, unbind about 1.3 (ad hoc,
     8-step blocks of a (1, 192, 16, 4096) scan).
     """
-    xs, as_ = x.unbind(0), a.unbind(0)
+    xs, as_ = x.unbind(_STEP), a.unbind(_STEP)
     if x0 is not None:
         xs[0].addcmul_(as_[0], x0)
     for j in range(1, len(xs)):
@@ -234,30 +251,31 @@ def _scan_blocks(delta_s: torch.Tensor, u_s: torch.Tensor, A2_w: torch.Tensor, B
                  y_s: torch.Tensor | None = None) -> torch.Tensor:
     """Scan all chunks at once from the states ``h0`` (None: zero) and return the chunk-end states.
 
-    delta_s, u_s: (T, b, nc, G, 1, dg); A2_w: :func:`_base2` (A), (G, N, dg); B_w, C_w: fixed (G, N, dg)
-    or (T, b, nc, G, N, 1); h0: (b, nc, G, N, dg). Optionally writes y = <h, C> into ``y_s`` (T, b, nc, G, 1, dg).
+    delta_s, u_s: (b, nc, G, T, 1, dg); A2_w: :func:`_base2` (A), (G, 1, N, dg); B_w, C_w: fixed
+    (G, 1, N, dg) or (b, nc, G, T, N, 1); h0: (b, nc, G, N, dg). Optionally writes y = <h, C> into ``y_s``
+    (b, nc, G, T, 1, dg).
     """
     h = h0
-    for j0, j1 in _blocks(delta_s.shape[0], k):
-        a = _block_decays(delta_s, A2_w, j0, j1)  # (k, b, nc, G, N, dg)
+    for j0, j1 in _blocks(delta_s.shape[_STEP], k):
+        a = _block_decays(delta_s, A2_w, j0, j1)  # (b, nc, G, k, N, dg)
         # delta * u * B, turned into the states in place. (delta * u per block rather than once for the
         # whole sequence: one (b, d, L) buffer less, same speed.)
-        H = _recur_((delta_s[j0:j1] * u_s[j0:j1]) * _bc_block(B_w, j0, j1), a, h)
+        H = _recur_((_steps(delta_s, j0, j1) * _steps(u_s, j0, j1)) * _bc_block(B_w, j0, j1), a, h)
         del a
         if y_s is not None:
             # (no out= here: this also runs under jit.trace, where out= breaks on grad-requiring inputs)
             c = _bc_block(C_w, j0, j1)
-            y_s[j0:j1] = torch.matmul(c.transpose(-1, -2), H) if c.dim() == 6 else _sum_n(H * c)
-        h = H[-1]
+            _steps(y_s, j0, j1).copy_(torch.matmul(c.transpose(-1, -2), H) if c.dim() == 6 else _sum_n(H * c))
+        h = H.select(_STEP, -1)
     return h.clone()
 
 
 def _adjoint_block(gy_s: torch.Tensor, C_w: torch.Tensor, a: torch.Tensor, rho: torch.Tensor | None,
                    j0: int, j1: int) -> torch.Tensor:
     """lambda_t for the steps [j0, j1) of every chunk, given rho = a_{j1} lambda_{j1} (None: zero) from
-    after the block: lambda_t = C_t g_t + a_{t+1} lambda_{t+1}. Returns (k, b, nc, G, N, dg)."""
-    lam = gy_s[j0:j1] * _bc_block(C_w, j0, j1)
-    lams, as_ = lam.unbind(0), a.unbind(0)
+    after the block: lambda_t = C_t g_t + a_{t+1} lambda_{t+1}. Returns (b, nc, G, k, N, dg)."""
+    lam = _steps(gy_s, j0, j1) * _bc_block(C_w, j0, j1)
+    lams, as_ = lam.unbind(_STEP), a.unbind(_STEP)
     if rho is not None:
         lams[-1].add_(rho)
     for j in range(len(lams) - 2, -1, -1):
@@ -267,11 +285,11 @@ def _adjoint_block(gy_s: torch.Tensor, C_w: torch.Tensor, a: torch.Tensor, rho: 
 
 def _scan_forward(delta_s: torch.Tensor, u_s: torch.Tensor, A_w: torch.Tensor, B_w: torch.Tensor,
                   C_w: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The three passes. Returns y_s (T, b, nc, G, 1, dg), the chunk-start states h_in (b, nc, G, N, dg)
+    """The three passes. Returns y_s (b, nc, G, T, 1, dg), the chunk-start states h_in (b, nc, G, N, dg)
     and the last state (b, G, N, dg)."""
     y_s = torch.empty_like(u_s)
     A2_w = _base2(A_w)
-    if delta_s.shape[2] == 1:
+    if delta_s.shape[1] == 1:
         # One chunk (L <= T): nothing to carry, so a single pass from the zero state.
         last = _scan_blocks(delta_s, u_s, A2_w, B_w, None, k, C_w=C_w, y_s=y_s)
         return y_s, torch.zeros_like(last), last[:, 0]
@@ -288,17 +306,17 @@ def _scan_backward(delta_s: torch.Tensor, u_s: torch.Tensor, A_w: torch.Tensor, 
                    k: int, gate: tuple[torch.Tensor, torch.Tensor | None] | None = None,
                    ) -> tuple[torch.Tensor, ...]:
     """Gradients of the scan in step layout: (du_s, ddelta_s, dA_w, dB_w, dC_w), given gy_s = dLoss/dy
-    (T, b, nc, G, 1, dg) and g_last = dLoss/d(last state) (b, G, N, dg) or None.
+    (b, nc, G, T, 1, dg) and g_last = dLoss/d(last state) (b, G, N, dg) or None.
 
     With W_t = lambda_t * a_t * h_{t-1}: dA = sum_t delta_t W_t, ddelta_t = sum_n (A W_t + lambda_t B_t u_t),
     du_t = delta_t sum_n lambda_t B_t, dB_t = lambda_t delta_t u_t and dC_t = g_t h_t, B and C summed over
-    the channels (and, when fixed, the steps) that share them. ``gate`` = (g, Dskip): g (T, b, nc, G, 1, dg)
-    is multiplied in place by y + Dskip * u, recomputed block by block (Dskip (G, 1, dg) or None).
+    the channels (and, when fixed, the steps) that share them. ``gate`` = (g, Dskip): g (b, nc, G, T, 1, dg)
+    is multiplied in place by y + Dskip * u, recomputed block by block (Dskip (G, 1, 1, dg) or None).
     """
-    blocks = _blocks(u_s.shape[0], k)
+    blocks = _blocks(u_s.shape[_STEP], k)
     A2_w = _base2(A_w)
-    fixed_b, fixed_c = B_w.dim() == 3, C_w.dim() == 3
-    several_chunks = delta_s.shape[2] > 1  # else no adjoint crosses a chunk boundary: skip kappa
+    fixed_b, fixed_c = B_w.dim() == 4, C_w.dim() == 4
+    several_chunks = delta_s.shape[1] > 1  # else no adjoint crosses a chunk boundary: skip kappa
 
     # Pass 1, in forward order: rescan the states from the chunk starts, keeping the state before each
     # block as a checkpoint (alive only during the backward) and y if asked, and, sharing the same decays,
@@ -309,27 +327,27 @@ def _scan_backward(delta_s: torch.Tensor, u_s: torch.Tensor, A_w: torch.Tensor, 
     for j0, j1 in blocks:
         checkpoints.append(h if h._base is None else h.clone())  # a view would pin its whole block
         a = _block_decays(delta_s, A2_w, j0, j1)
-        H = _recur_((delta_s[j0:j1] * u_s[j0:j1]) * _bc_block(B_w, j0, j1), a, h)
+        H = _recur_((_steps(delta_s, j0, j1) * _steps(u_s, j0, j1)) * _bc_block(B_w, j0, j1), a, h)
         if gate is not None:
             c = _bc_block(C_w, j0, j1)
             y = torch.matmul(c.transpose(-1, -2), H) if c.dim() == 6 else _sum_n(H * c)
             if gate[1] is not None:
-                y.addcmul_(u_s[j0:j1], gate[1])
-            gate[0][j0:j1].mul_(y)
+                y.addcmul_(_steps(u_s, j0, j1), gate[1])
+            _steps(gate[0], j0, j1).mul_(y)
             del y
-        h = H[-1]
+        h = H.select(_STEP, -1)
         del H
         if not several_chunks:
             continue
         # Running products of decays in [0, 1] (they can only underflow), in a's buffer; step by step,
         # as torch.cumprod over dim 0 was several times slower on CPU.
-        p, ps = a, a.unbind(0)
+        p, ps = a, a.unbind(_STEP)
         if decay_so_far is not None:
             ps[0].mul_(decay_so_far)
         for j in range(1, len(ps)):
             ps[j].mul_(ps[j - 1])
         decay_so_far = ps[-1].clone()
-        part = p.mul_(gy_s[j0:j1]).mul_(_bc_block(C_w, j0, j1)).sum(0)
+        part = p.mul_(_steps(gy_s, j0, j1)).mul_(_bc_block(C_w, j0, j1)).sum(_STEP)
         kappa = part if kappa is None else kappa.add_(part)
         del a, p
     del h  # a view into the last block
@@ -350,33 +368,34 @@ def _scan_backward(delta_s: torch.Tensor, u_s: torch.Tensor, A_w: torch.Tensor, 
     rho = mu
     for j0, j1 in reversed(blocks):
         h0 = checkpoints.pop()
-        dl, g = delta_s[j0:j1], gy_s[j0:j1]
-        dlu = dl * u_s[j0:j1]
+        dl, g = _steps(delta_s, j0, j1), _steps(gy_s, j0, j1)
+        dlu = dl * _steps(u_s, j0, j1)
         bb = _bc_block(B_w, j0, j1)
         a = _block_decays(delta_s, A2_w, j0, j1)
         H = _recur_(dlu * bb, a, h0)
         lam = _adjoint_block(gy_s, C_w, a, rho, j0, j1)
-        rho = a[0] * lam[0]
+        rho = a.select(_STEP, 0) * lam.select(_STEP, 0)
         # W_t = lambda_t a_t h_{t-1}, built in a's buffer (a is not needed any more).
         w = a
-        w[1:].mul_(H[:-1])
-        w[0].mul_(h0)
+        w.narrow(_STEP, 1, j1 - j0 - 1).mul_(H.narrow(_STEP, 0, j1 - j0 - 1))
+        w.select(_STEP, 0).mul_(h0)
         w.mul_(lam)
+        # Sums over every chunk and step of a block: (G, 1, N, dg) for fixed B, C and dA.
         if fixed_c:
-            dC += (H * g).sum((0, 1, 2))
+            dC += (H * g).sum((0, 1, _STEP)).unsqueeze(1)
         else:
-            torch.matmul(H, g.transpose(-1, -2), out=dC[j0:j1])
+            _steps(dC, j0, j1).copy_(torch.matmul(H, g.transpose(-1, -2)))
         del H
         if fixed_b:
-            dB += (lam * dlu).sum((0, 1, 2))
+            dB += (lam * dlu).sum((0, 1, _STEP)).unsqueeze(1)
             lam_b = _sum_n(lam * bb)
         else:
-            torch.matmul(lam, dlu.transpose(-1, -2), out=dB[j0:j1])
-            lam_b = torch.matmul(bb.transpose(-1, -2), lam)  # sum_n lambda B: (k, b, nc, G, 1, dg)
+            _steps(dB, j0, j1).copy_(torch.matmul(lam, dlu.transpose(-1, -2)))
+            lam_b = torch.matmul(bb.transpose(-1, -2), lam)  # sum_n lambda B: (b, nc, G, k, 1, dg)
         del lam
-        torch.mul(lam_b, dl, out=du_s[j0:j1])
-        torch.addcmul(_sum_n(w * A_w), lam_b, u_s[j0:j1], out=ddelta_s[j0:j1])
-        dA += w.mul_(dl).sum((0, 1, 2))
+        torch.mul(lam_b, dl, out=_steps(du_s, j0, j1))
+        torch.addcmul(_sum_n(w * A_w), lam_b, _steps(u_s, j0, j1), out=_steps(ddelta_s, j0, j1))
+        dA += w.mul_(dl).sum((0, 1, _STEP)).unsqueeze(1)
         del w, a
     return du_s, ddelta_s, dA, dB, dC
 
@@ -456,7 +475,7 @@ class _ScanFn(torch.autograd.Function):
         del g_gate
         if D is not None:
             du_s.addcmul_(gy_s, D_w)
-            dD = (gy_s * u_s).sum((0, 1, 2)).reshape(-1).to(D.dtype)
+            dD = (gy_s * u_s).sum((0, 1, _STEP)).reshape(-1).to(D.dtype)
         del gy_s
         du = lay.seq_out(du_s).to(u.dtype)
         del du_s, u_s
