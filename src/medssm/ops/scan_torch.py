@@ -418,14 +418,15 @@ def _forward(lay: _Layout, u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor
              delta_softplus: bool, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Forward on the public layouts. Returns out (b, d, L) in u's dtype, the last state (b, d, N) fp32
     and the chunk-start states (for the backward)."""
-    u_s = lay.seq_in(u)
-    y_s, h_in, last = _scan_forward(_delta_steps(lay, delta, delta_bias, delta_softplus), u_s, lay.mat_in(A),
-                                    lay.bc_in(B), lay.bc_in(C), k)
+    y_s, h_in, last = _scan_forward(_delta_steps(lay, delta, delta_bias, delta_softplus), lay.seq_in(u),
+                                    lay.mat_in(A), lay.bc_in(B), lay.bc_in(C), k)
+    # The D skip and the gate on the public layout: z then needs no conversion to the step layout.
+    out = lay.seq_out(y_s)
     if D is not None:
-        y_s = y_s + u_s * lay.vec_in(D)
+        out = torch.addcmul(out, u.float(), D.float()[:, None])
     if z is not None:
-        y_s = y_s * F.silu(lay.seq_in(z))
-    return lay.seq_out(y_s).to(u.dtype), lay.state_out(last), h_in
+        out = out * F.silu(z.float())
+    return out.to(u.dtype), lay.state_out(last), h_in
 
 
 class _ScanFn(torch.autograd.Function):
