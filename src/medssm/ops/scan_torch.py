@@ -125,7 +125,7 @@ class _Layout:
     every op, whether it covers a block of steps or one step, gives each thread the same chunks, and
     no thread reads what another wrote. When the host puts the two vCPUs of the 2-core machine on
     different L3 caches (a cache line's round trip between them 370 ns rather than 90; it changes
-    between runs), steps outermost made this backend's forward ~2x slower (19 vs 10 ms at
+    between runs), steps outermost made this backend's forward almost 2x slower (about 20.5 vs 11-13 ms at
     (1, 192, 16, 4096)), its broadcasting multiplications 4-5x.
     """
 
