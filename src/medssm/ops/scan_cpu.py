@@ -752,6 +752,7 @@ def _segment_backward(selective: bool):
                     wk[_ES1, j, lane] = e
                     wk[_HS1, j + 1, lane] = e * wk[_HS1, j, lane] + du * (bs1 * bn1)
             # 2. both adjoints backwards: the steps past the last whole block first, then 4 steps per pass
+            # (written out, as in _recur_y: a step loop or a helper per step kept LLVM from vectorising)
             for jr in range(tn - n_blocks * 4):
                 j = tn - 1 - jr
                 bs0 = Bsel[bi, gb, n, t0 + j] if has_bsel else _ONE
