@@ -59,7 +59,7 @@ def cmd_bench_scan(args: argparse.Namespace) -> int:
         return 2
     scan.run(shapes=args.shape or scan.DEFAULT_SHAPES, backends=args.backend, repeats=args.repeats,
              threads=args.threads, out_dir=out, memory=not args.no_memory, compile_time=not args.no_compile,
-             scaling=not args.no_scaling)
+             scaling=not args.no_scaling, split=args.split)
     return 0
 
 
@@ -208,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--no-memory", action="store_true", help="skip peak-memory measurements")
     scan.add_argument("--no-compile", action="store_true", help="skip the numba compile-time measurement")
     scan.add_argument("--no-scaling", action="store_true", help="skip the time-vs-L series and plot")
+    scan.add_argument("--split", action="store_true",
+                      help="also time the cpu backend's kernels directly (hot and cold cache, one after the "
+                           "other) and print where its (fwd+bwd)/fwd goes")
     scan.set_defaults(func=cmd_bench_scan)
 
     mix = bench_sub.add_parser("mixer", help="multi-route vision mixer: routing vs scan time, 2D and 3D")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from medssm.bench.scan import format_table, op_bytes
+from medssm.bench.scan import format_split, format_table, op_bytes
 from medssm.cli import main
 
 
@@ -36,6 +36,25 @@ def test_bench_scan_refuses_to_overwrite(tmp_path, capsys):
     assert main(["bench", "scan", "--shape", "1,8,4,64", "--out", str(out)]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert (out / "scan.json").read_text() == "{}"
+
+
+def test_bench_scan_split(tmp_path):
+    out = tmp_path / "bench"
+    code = main(["bench", "scan", "--shape", "1,8,4,64", "--repeats", "2", "--out", str(out), "--no-compile",
+                 "--no-scaling", "--no-memory", "--backend", "cpu", "--split"])
+    assert code == 0
+    (line,) = json.loads((out / "scan.json").read_text())["cpu_split"]
+    assert line.startswith("cpu split (1, 8, 4, 64): kernels: forward ")
+    assert "in sequence" in line and "public calls" in line
+
+
+def test_split_ratios():
+    ms = {"kernel_forward": 1.0, "kernel_forward_cold": 1.5, "kernel_forward_save": 1.25, "kernel_backward": 2.5,
+          "kernels_in_sequence": 4.0, "api_forward": 1.25, "api_forward_backward": 5.0}
+    line = format_split((1, 2, 3, 4), ms)
+    assert "(fwd+bwd)/fwd 3.75 with both hot" in line  # (1.25 + 2.5) / 1
+    assert "in sequence 4.00 ms (4.00)" in line
+    assert "forward+backward 5.00 (4.00; autograd and Python 1.00 ms)" in line
 
 
 def test_table_ratios():

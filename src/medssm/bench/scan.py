@@ -10,7 +10,9 @@ polynomial exp, each on in-cache buffers on every thread (the latter was ~5x fas
 kernels' exp is measured at the start and again after each shape, and the fastest rate is used.
 It also reports each backend's peak extra memory (resident-set growth during the call, inputs excluded),
 the numba compile time with a cold and a warm cache, and writes a JSON and a log-log PNG of forward time
-against L.
+against L. With ``--split`` it also times the cpu backend's kernels directly (:func:`cpu_split`), to show how
+much of its (fwd+bwd)/fwd is the kernels', how much running them one after the other adds, and how much
+autograd and Python add.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -234,6 +237,65 @@ def numba_compile_times() -> dict[str, float]:
     return result
 
 
+# ---------------------------------------------------------------- where the cpu backward's ratio goes
+
+
+def _evict_caches(buffer: np.ndarray) -> None:
+    """Read ``buffer`` (larger than the last-level cache) so that what a call left in cache is gone. A read,
+    not a write: evicting dirty lines would charge their write-back to the call timed next; and in NumPy, on
+    one thread: a parallel torch op would leave torch's OpenMP workers spinning on the cores the call needs."""
+    buffer.sum()
+
+
+def cpu_split(shape: tuple[int, int, int, int], repeats: int) -> dict[str, float]:
+    """The cpu backend's (fwd+bwd)/fwd taken apart (ms, medians): its forward and backward kernels timed
+    directly (no autograd, no dtype or layout handling), each repeated on the same tensors so that its inputs
+    stay in cache ("hot"); the two kernels run one after the other, as in a training step; the forward after
+    a 128 MB read has evicted the caches ("cold"); and the public calls that the table times."""
+    from ..ops import scan_cpu
+
+    x = make_inputs(*shape)
+    plan = scan_cpu._Plan(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"], True)
+    gout = torch.randn_like(x["u"])
+    _, _, saved = scan_cpu.scan_forward(plan, save=True)
+
+    def in_sequence() -> None:
+        _, _, fresh = scan_cpu.scan_forward(plan, save=True)
+        scan_cpu.scan_backward(plan, fresh, gout)
+
+    buffer = np.ones(1 << 25, np.float32)
+    cold = []
+    for _ in range(repeats):
+        _evict_caches(buffer)
+        start = time.perf_counter()
+        scan_cpu.scan_forward(plan, save=False)
+        cold.append(time.perf_counter() - start)
+    with torch.no_grad():
+        api_fwd = median_time(lambda: _scan_call("cpu", x), repeats)
+    times = {
+        "kernel_forward": median_time(lambda: scan_cpu.scan_forward(plan, save=False), repeats),
+        "kernel_forward_cold": statistics.median(cold),
+        "kernel_forward_save": median_time(lambda: scan_cpu.scan_forward(plan, save=True), repeats),
+        "kernel_backward": median_time(lambda: scan_cpu.scan_backward(plan, saved, gout), repeats),
+        "kernels_in_sequence": median_time(in_sequence, repeats),
+        "api_forward": api_fwd,
+        "api_forward_backward": median_time(_forward_backward(lambda v: _scan_call("cpu", v), x, _NAMES), repeats),
+    }
+    return {k: v * 1e3 for k, v in times.items()}
+
+
+def format_split(shape: tuple[int, int, int, int], ms: dict[str, float]) -> str:
+    """One shape's :func:`cpu_split` as text, with the ratios each level of it gives."""
+    hot = (ms["kernel_forward_save"] + ms["kernel_backward"]) / ms["kernel_forward"]
+    return (f"cpu split {shape}: kernels: forward {ms['kernel_forward']:.2f} ms (cold cache "
+            f"{ms['kernel_forward_cold']:.2f}), forward saving for the backward {ms['kernel_forward_save']:.2f}, "
+            f"backward {ms['kernel_backward']:.2f}: (fwd+bwd)/fwd {hot:.2f} with both hot; in sequence "
+            f"{ms['kernels_in_sequence']:.2f} ms ({ms['kernels_in_sequence'] / ms['kernel_forward']:.2f}); "
+            f"public calls: forward {ms['api_forward']:.2f} ms, forward+backward {ms['api_forward_backward']:.2f} "
+            f"({ms['api_forward_backward'] / ms['api_forward']:.2f}; autograd and Python "
+            f"{ms['api_forward_backward'] - ms['kernels_in_sequence']:.2f} ms)")
+
+
 # ---------------------------------------------------------------- the benchmark
 
 
@@ -283,8 +345,9 @@ def op_bytes(shape: tuple[int, int, int, int]) -> int:
 
 def run(shapes=DEFAULT_SHAPES, backends: list[str] | None = None, repeats: int = 10,
         threads: int | None = None, out_dir: Path | None = None, memory: bool = True, compile_time: bool = True,
-        scaling: bool = True) -> dict:
-    """Run the benchmark, print the table, write scan.json and scan_vs_length.png under ``out_dir``."""
+        scaling: bool = True, split: bool = False) -> dict:
+    """Run the benchmark, print the table, write scan.json and scan_vs_length.png under ``out_dir``; with
+    ``split``, also take the cpu backend's (fwd+bwd)/fwd apart at each shape (:func:`cpu_split`)."""
     threads = threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     backends = list(backends or [b for b in ("reference", "torch", "cpu") if b in available_backends("cpu")])
@@ -304,9 +367,13 @@ def run(shapes=DEFAULT_SHAPES, backends: list[str] | None = None, repeats: int =
         print(f"cpu backend first call: {compile_s['cold_cache_s']:.1f} s with a cold numba cache, "
               f"{compile_s['warm_cache_s']:.1f} s warm", flush=True)
     rows: list[Row] = []
+    splits: list[str] = []
     for shape in shapes:
         print(f"shape (b, d, N, L) = {shape}", flush=True)
         rows += bench_shape(tuple(shape), backends, repeats, memory, backward=True)
+        if split and "cpu" in backends:
+            splits.append(format_split(tuple(shape), cpu_split(tuple(shape), repeats)))
+            print(splits[-1], flush=True)
         _measure_kernel_exp(limits, threads)
     scaling_rows: list[Row] = []
     if scaling:
@@ -326,10 +393,13 @@ def run(shapes=DEFAULT_SHAPES, backends: list[str] | None = None, repeats: int =
         "compile": compile_s,
         "rows": [asdict(r) for r in rows],
         "scaling": [asdict(r) for r in scaling_rows],
+        "cpu_split": splits,
     }
     report["table"] = format_table(rows, limits)
     print()
     print(report["table"])
+    if splits:
+        print("\n" + "\n".join(splits))
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         _atomic_write(out_dir / "scan.json", json.dumps(report, indent=2))
