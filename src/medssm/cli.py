@@ -132,13 +132,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    import torch
+
     from medssm.models import count_flops, count_parameters, create_model, get_entry, list_models
 
     names = list_models(args.pattern, task=args.task)
     if not names:
         print(f"no registered model matches {args.pattern!r}")
         return 1
-    print(f"{'model':<28} {'task':<15} {'dims':<6} {'params':>10} {'GFLOPs':>8}  input (per spatial_dims)")
+    rows = []  # (name, task, dims, params, GFLOPs, input size, summary): the same columns in both formats
     for name in names:
         entry = get_entry(name)
         dims = entry.spatial_dims[-1] if args.spatial_dims is None else args.spatial_dims
@@ -147,10 +149,18 @@ def cmd_models(args: argparse.Namespace) -> int:
         model = create_model(name, spatial_dims=dims)
         example = torch.randn(1, 1, *entry.input_size[dims])
         flops = count_flops(model, example) / 1e9
-        dims_text = ",".join(str(d) for d in entry.spatial_dims)
         size = "x".join(str(n) for n in entry.input_size[dims])
-        print(f"{name:<28} {entry.task:<15} {dims_text:<6} {count_parameters(model):>10,} {flops:>8.3f}  "
-              f"{size} ({dims}D)  {entry.summary}")
+        rows.append((name, entry.task, ",".join(str(d) for d in entry.spatial_dims),
+                     f"{count_parameters(model):,}", f"{flops:.3f}", f"{size} ({dims}D)", entry.summary))
+    if args.markdown:  # the README's model table (tests/test_docs.py checks it against this output)
+        print("| model | task | spatial dims | parameters | GFLOPs | input | summary |")
+        print("|---|---|---|--:|--:|---|---|")
+        for row in rows:
+            print("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
+        return 0
+    print(f"{'model':<28} {'task':<15} {'dims':<6} {'params':>10} {'GFLOPs':>8}  input (per spatial_dims)")
+    for name, task, dims_text, params, flops, size, summary in rows:
+        print(f"{name:<28} {task:<15} {dims_text:<6} {params:>10} {flops:>8}  {size}  {summary}")
     return 0
 
 
@@ -272,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     mo.add_argument("pattern", nargs="?", default="*", help="shell-style name pattern")
     mo.add_argument("--task", default=None, help="segmentation, classification or restoration")
     mo.add_argument("--spatial-dims", type=int, default=None, help="count for this spatial_dims (default: highest)")
+    mo.add_argument("--markdown", action="store_true",
+                    help="print the table as GitHub markdown (the README's model table)")
     mo.set_defaults(func=cmd_models)
 
     de = sub.add_parser("demo", help="train, evaluate and predict on generated data (a few minutes on a CPU)")
