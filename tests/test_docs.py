@@ -161,24 +161,16 @@ def test_the_docs_exist():
     assert {p.name for p in DOCS} >= {"architecture.md", "benchmarks.md", "cpu-tuning.md", "results.md"}
 
 
-def test_every_medssm_command_shown_parses():
-    problems, seen = [], 0
-    for path in MARKDOWN:
-        found, count = command_problems(path)
-        problems += found
-        seen += count
-    assert seen >= 10, f"only {seen} medssm commands found in code blocks: is the extraction broken?"
-    assert not problems, "commands that `medssm` would reject:\n" + "\n".join(problems)
-
-
-def test_every_relative_link_resolves():
-    problems, seen = [], 0
-    for path in MARKDOWN:
-        found, count = link_problems(path)
-        problems += found
-        seen += count
-    assert seen >= 5, f"only {seen} relative links found: is the extraction broken?"
-    assert not problems, "broken links:\n" + "\n".join(problems)
+@pytest.mark.parametrize("check,least,what", [
+    (command_problems, 10, "medssm commands in code blocks that `medssm` would reject"),
+    (link_problems, 5, "relative links that do not resolve"),
+], ids=["commands parse", "links resolve"])
+def test_every_command_parses_and_every_link_resolves(check, least, what):
+    results = [check(path) for path in MARKDOWN]
+    problems = [problem for found, _ in results for problem in found]
+    seen = sum(count for _, count in results)
+    assert seen >= least, f"only {seen} checked for {what!r} in README.md and docs/: is the extraction broken?"
+    assert not problems, f"{what}:\n" + "\n".join(problems)
 
 
 def test_the_checkers_catch_a_bad_command_and_broken_links(tmp_path):
