@@ -197,6 +197,12 @@ def test_the_checkers_catch_a_bad_command_and_broken_links(tmp_path):
     assert [p.split(": ")[1] for p in problems] == ["missing.md", "other.md#no-such-section", "../../elsewhere.md"]
 
 
+def test_readme_set_up_commands_are_what_ci_runs():
+    """.ci/run runs exactly the README's two set-up commands: its first code block."""
+    ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line.startswith("python3 -m")]
+    assert ci == code_blocks(README.read_text())[0][2]
+
+
 def test_readme_python_snippets_run():
     snippets = [(first, "\n".join(lines)) for language, first, lines in code_blocks(README.read_text())
                 if language == "python"]
