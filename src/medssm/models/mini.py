@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from monai.networks.blocks import UnetOutBlock, UnetResBlock, UnetUpBlock
 
 from ..layers.patch import pad_to_multiple
-from ..layers.vision_blocks import VSSBlock
+from ..layers.vss import VSSBlock
 from .registry import register_model
 
 NORM = ("instance", {"affine": True})
