@@ -117,13 +117,13 @@ def test_embed_backward_on_odd_3d_input():
 
 
 def test_bad_arguments_raise():
-    with pytest.raises(ValueError, match="spatial_dims must be 1, 2 or 3"):
+    with pytest.raises(ValueError, match=r"spatial_dims must be one of \(1, 2, 3\), got 4"):
         PatchMerging(4, 8)
     with pytest.raises(ValueError, match="positive int or 2 positive ints"):
         PatchEmbed(2, 1, 8, (2, 2, 2))
     with pytest.raises(ValueError, match="out_dim and scale must be positive"):
         PatchExpanding(2, 1)
-    with pytest.raises(ValueError, match=r"x must have shape \(batch, 8, 2 spatial sizes\)"):
+    with pytest.raises(ValueError, match=r"x must have shape \(batch, 8, \*spatial\) with 2 spatial dims"):
         PatchMerging(2, 8)(torch.randn(1, 8, 4, 4, 4))
-    with pytest.raises(ValueError, match=r"x must have shape \(batch, 3, 3 spatial sizes\)"):
+    with pytest.raises(ValueError, match=r"x must have shape \(batch, 3, \*spatial\) with 3 spatial dims"):
         PatchEmbed(3, 3, 8, 2)(torch.randn(1, 4, 4, 4, 4))

@@ -1,5 +1,5 @@
 """The vision Mamba blocks: any size in 1D/2D/3D, gradients, scan-backend parity, Vim's state-dict keys,
-LBMamba's direction alternation, MHS-VM's per-head routes and fusion, ToM's 3D-only input, drop path."""
+LBMamba's direction alternation, MHS-VM's per-head routes and fusion, ToM's 3D-only input, drop path in blocks."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from mixer_checks import check_state_dict_round_trip, randomise
 from medssm.layers import (
     GSC,
     BiMamba,
-    DropPath,
     LBMambaBlock,
     Mamba,
     MultiHeadScanBlock,
@@ -349,21 +348,6 @@ def test_lbmamba_direction_flips_every_two_layers():
 
 
 # --- drop path ---------------------------------------------------------------------------------------------
-
-
-def test_drop_path_is_identity_in_eval_and_rescales_kept_samples_in_training():
-    torch.manual_seed(0)
-    dp = DropPath(0.25)
-    x = torch.rand(4000, 3, 2) + 0.5
-    assert dp.eval()(x) is x
-    out = dp.train()(x)
-    kept = out.flatten(1).ne(0).all(1)
-    assert torch.equal(kept, out.flatten(1).ne(0).any(1))  # whole samples are kept or dropped
-    torch.testing.assert_close(out[kept], x[kept] / 0.75)
-    assert abs(kept.float().mean().item() - 0.75) < 0.03
-    assert DropPath(0.0).train()(x) is x
-    with pytest.raises(ValueError):
-        DropPath(1.0)
 
 
 def test_block_drop_path_only_acts_in_training():

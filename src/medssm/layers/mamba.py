@@ -56,8 +56,71 @@ def check_input(x: torch.Tensor, d_model: int) -> None:
         raise ValueError(f"x must have shape (batch, L, d_model) = (batch, L >= 1, {d_model}), got {got}")
 
 
-class Mamba(nn.Module):
+def s4d_real_A_log(channels: int, d_state: int, device=None) -> torch.Tensor:
+    """S4D-real initialisation of A_log in fp32, A[c, n] = -(n + 1): log(1..d_state) per channel, (channels,
+    d_state)."""
+    return torch.log(torch.arange(1, d_state + 1, dtype=torch.float32, device=device).repeat(channels, 1))
+
+
+def no_weight_decay(*params: nn.Parameter) -> None:
+    """Mark parameters (A_log, D, dt biases) for optimisers that skip weight decay on them (mamba_ssm's flag)."""
+    for p in params:
+        p._no_weight_decay = True
+
+
+class RecurrentMixer(nn.Module):
+    """The recurrent-decoding cache protocol shared by :class:`Mamba` and :class:`~medssm.layers.Mamba2`.
+
+    ``forward(x, cache)`` with cache = (conv_state, ssm_state) from :meth:`allocate_inference_cache` overwrites
+    both with the states after the last token (the scan starts from zero), so that ``step`` continues the
+    sequence one token at a time.
+
+    A subclass has ``d_model``, ``d_conv``, the depthwise ``conv1d`` whose last ``d_conv`` inputs are cached
+    (conv_state (batch, conv channels, d_conv)) and :meth:`_ssm_state_shape` (ssm_state (batch, ...), fp32).
+    """
+
+    d_model: int
+    d_conv: int
+    conv1d: nn.Conv1d
+
+    def _ssm_state_shape(self) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def _check_cache(self, conv_state: torch.Tensor, ssm_state: torch.Tensor, batch: int) -> None:
+        check_cache(conv_state, ssm_state, (batch, self.conv1d.in_channels, self.d_conv),
+                    (batch, *self._ssm_state_shape()))
+
+    def _begin_cache(self, cache: tuple[torch.Tensor, torch.Tensor], conv_input: torch.Tensor) -> torch.Tensor:
+        """Check ``cache`` for a sequence whose conv input is conv_input (batch, conv channels, L), store its
+        last d_conv inputs in conv_state and return ssm_state (for the caller to fill with the last state)."""
+        conv_state, ssm_state = cache
+        self._check_cache(conv_state, ssm_state, conv_input.shape[0])
+        conv_state.copy_(last_window(conv_input, self.d_conv))
+        return ssm_state
+
+    def _check_step(self, x: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor) -> None:
+        """Raise ValueError unless x is one token (batch, 1, d_model) and the caches fit its batch."""
+        check_input(x, self.d_model)
+        if x.shape[1] != 1:
+            raise ValueError(f"step decodes one token at a time: x must be (batch, 1, {self.d_model}), "
+                             f"got {tuple(x.shape)}")
+        self._check_cache(conv_state, ssm_state, x.shape[0])
+
+    def allocate_inference_cache(self, batch_size: int,
+                                 dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Zeroed caches: conv_state (batch, conv channels, d_conv) in ``dtype`` (default: the conv weight's)
+        and ssm_state (batch, *ssm state shape) in fp32 (see the subclass's docstring for the shapes)."""
+        device = self.conv1d.weight.device
+        conv_dtype = self.conv1d.weight.dtype if dtype is None else dtype
+        conv_state = torch.zeros(batch_size, self.conv1d.in_channels, self.d_conv, device=device, dtype=conv_dtype)
+        ssm_state = torch.zeros(batch_size, *self._ssm_state_shape(), device=device, dtype=torch.float32)
+        return conv_state, ssm_state
+
+
+class Mamba(RecurrentMixer):
     """Mamba (S6) mixer: (batch, L, d_model) -> (batch, L, d_model).
+
+    Recurrent caches: conv_state (batch, d_inner, d_conv), ssm_state (batch, d_inner, d_state).
 
     Args:
         d_model: model width. d_state: SSM state size N. d_conv: convolution width. expand: d_inner / d_model.
@@ -105,35 +168,20 @@ class Mamba(nn.Module):
             self.dt_proj.bias.copy_(init_dt_bias(self.d_inner, dt_min, dt_max, dt_init_floor, **factory))
         self.dt_proj.bias._no_reinit = True  # a model-wide init that zeroes Linear biases must skip this one
 
-        # S4D-real initialisation, kept in fp32: A[c, n] = -(n + 1).
-        A = torch.arange(1, d_state + 1, dtype=torch.float32, device=device).repeat(self.d_inner, 1)
-        self.A_log = nn.Parameter(torch.log(A))
-        self.A_log._no_weight_decay = True
+        self.A_log = nn.Parameter(s4d_real_A_log(self.d_inner, d_state, device))  # fp32
         self.D = nn.Parameter(torch.ones(self.d_inner, device=device))  # fp32
-        self.D._no_weight_decay = True
+        no_weight_decay(self.A_log, self.D)
 
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory)
 
     def forward(self, x: torch.Tensor,
                 cache: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        """Run the mixer over a whole sequence.
-
-        Args:
-            x: (batch, L, d_model).
-            cache: optional (conv_state, ssm_state) from :meth:`allocate_inference_cache`. They are
-                overwritten with the states after the last token (the scan starts from zero), so that
-                :meth:`step` continues the sequence.
-
-        Returns:
-            (batch, L, d_model).
-        """
+        """Run the mixer over a whole sequence: x (batch, L, d_model) -> (batch, L, d_model); with ``cache``
+        the caches are left as :meth:`step` needs them to continue (see :class:`RecurrentMixer`)."""
         check_input(x, self.d_model)
         xz = self.in_proj(x).transpose(1, 2)  # (batch, 2 * d_inner, L)
         x_in, z = xz.chunk(2, dim=1)
-        if cache is not None:
-            conv_state, ssm_state = cache
-            self._check_cache(conv_state, ssm_state, x.shape[0])
-            conv_state.copy_(last_window(x_in, self.d_conv))
+        ssm_state = None if cache is None else self._begin_cache(cache, x_in)
         y = self.scan_branch(x_in, z, self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D,
                              return_last_state=cache is not None)
         if cache is not None:
@@ -167,11 +215,7 @@ class Mamba(nn.Module):
         Returns:
             (batch, 1, d_model).
         """
-        check_input(x, self.d_model)
-        if x.shape[1] != 1:
-            raise ValueError(f"step decodes one token at a time: x must be (batch, 1, {self.d_model}), "
-                             f"got {tuple(x.shape)}")
-        self._check_cache(conv_state, ssm_state, x.shape[0])
+        self._check_step(x, conv_state, ssm_state)
         x_in, z = self.in_proj(x.squeeze(1)).chunk(2, dim=-1)  # (batch, d_inner) each
         u = causal_conv1d_update(x_in, conv_state, self.conv1d.weight.squeeze(1), self.conv1d.bias,
                                  activation="silu")
@@ -182,16 +226,5 @@ class Mamba(nn.Module):
                                    dt_softplus=True)
         return self.out_proj(y).unsqueeze(1)
 
-    def _check_cache(self, conv_state: torch.Tensor, ssm_state: torch.Tensor, batch: int) -> None:
-        check_cache(conv_state, ssm_state, (batch, self.d_inner, self.d_conv),
-                    (batch, self.d_inner, self.d_state))
-
-    def allocate_inference_cache(self, batch_size: int,
-                                 dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Zeroed caches: conv_state (batch, d_inner, d_conv) in ``dtype`` (default: the conv weight's)
-        and ssm_state (batch, d_inner, d_state) in fp32."""
-        device = self.conv1d.weight.device
-        conv_dtype = self.conv1d.weight.dtype if dtype is None else dtype
-        conv_state = torch.zeros(batch_size, self.d_inner, self.d_conv, device=device, dtype=conv_dtype)
-        ssm_state = torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=torch.float32)
-        return conv_state, ssm_state
+    def _ssm_state_shape(self) -> tuple[int, ...]:
+        return (self.d_inner, self.d_state)

@@ -22,12 +22,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..ops import causal_conv1d, causal_conv1d_update, selective_state_update, ssd_chunk_scan
-from .mamba import check_cache, check_input, init_dt_bias, last_window
+from .mamba import RecurrentMixer, check_input, init_dt_bias, no_weight_decay
 from .norm import RMSNormGated
 
 
-class Mamba2(nn.Module):
+class Mamba2(RecurrentMixer):
     """Mamba-2 (SSD) mixer: (batch, L, d_model) -> (batch, L, d_model).
+
+    Recurrent caches: conv_state (batch, conv_dim, d_conv), ssm_state (batch, nheads, headdim, d_state).
 
     Args:
         d_model: model width. d_state: SSM state size N. d_conv: convolution width. expand: d_inner / d_model.
@@ -80,12 +82,10 @@ class Mamba2(nn.Module):
         self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, d_conv, groups=self.conv_dim,
                                 padding=d_conv - 1, bias=conv_bias, **factory)
         self.dt_bias = nn.Parameter(init_dt_bias(self.nheads, dt_min, dt_max, dt_init_floor, **factory))
-        self.dt_bias._no_weight_decay = True
         A = torch.empty(self.nheads, dtype=torch.float32, device=device).uniform_(*A_init_range)
         self.A_log = nn.Parameter(torch.log(A).to(dtype=dtype))
-        self.A_log._no_weight_decay = True
         self.D = nn.Parameter(torch.ones(self.d_inner if D_has_hdim else self.nheads, device=device))  # fp32
-        self.D._no_weight_decay = True
+        no_weight_decay(self.dt_bias, self.A_log, self.D)
         if rmsnorm:
             self.norm = RMSNormGated(self.d_inner, eps=1e-5, group_size=self.d_inner // ngroups,
                                      norm_before_gate=norm_before_gate, **factory)
@@ -101,25 +101,12 @@ class Mamba2(nn.Module):
 
     def forward(self, u: torch.Tensor,
                 cache: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        """Run the mixer over a whole sequence.
-
-        Args:
-            u: (batch, L, d_model).
-            cache: optional (conv_state, ssm_state) from :meth:`allocate_inference_cache`. They are
-                overwritten with the states after the last token (the scan starts from zero), so that
-                :meth:`step` continues the sequence.
-
-        Returns:
-            (batch, L, d_model).
-        """
+        """Run the mixer over a whole sequence: u (batch, L, d_model) -> (batch, L, d_model); with ``cache``
+        the caches are left as :meth:`step` needs them to continue (see :class:`RecurrentMixer`)."""
         check_input(u, self.d_model)
-        batch, seqlen, _ = u.shape
         z, xBC, dt = self.in_proj(u).split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
         xBC = xBC.transpose(1, 2)  # (batch, conv_dim, L)
-        if cache is not None:
-            conv_state, ssm_state = cache
-            self._check_cache(conv_state, ssm_state, batch)
-            conv_state.copy_(last_window(xBC, self.d_conv))
+        ssm_state = None if cache is None else self._begin_cache(cache, xBC)
         xBC = causal_conv1d(xBC, self.conv1d.weight.squeeze(1), self.conv1d.bias, activation="silu",
                             backend=self.conv_backend)
         x, B, C = xBC.transpose(1, 2).split([self.d_inner, self.ngroups * self.d_state,
@@ -154,12 +141,8 @@ class Mamba2(nn.Module):
         Returns:
             (batch, 1, d_model).
         """
-        check_input(u, self.d_model)
-        if u.shape[1] != 1:
-            raise ValueError(f"step decodes one token at a time: u must be (batch, 1, {self.d_model}), "
-                             f"got {tuple(u.shape)}")
+        self._check_step(u, conv_state, ssm_state)
         batch = u.shape[0]
-        self._check_cache(conv_state, ssm_state, batch)
         z, xBC, dt = self.in_proj(u.squeeze(1)).split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
         xBC = causal_conv1d_update(xBC, conv_state, self.conv1d.weight.squeeze(1), self.conv1d.bias,
                                    activation="silu")
@@ -184,17 +167,5 @@ class Mamba2(nn.Module):
         y = self._gate(y.flatten(-2), z)
         return self.out_proj(y).unsqueeze(1)
 
-    def _check_cache(self, conv_state: torch.Tensor, ssm_state: torch.Tensor, batch: int) -> None:
-        check_cache(conv_state, ssm_state, (batch, self.conv_dim, self.d_conv),
-                    (batch, self.nheads, self.headdim, self.d_state))
-
-    def allocate_inference_cache(self, batch_size: int,
-                                 dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Zeroed caches: conv_state (batch, conv_dim, d_conv) in ``dtype`` (default: the conv weight's)
-        and ssm_state (batch, nheads, headdim, d_state) in fp32."""
-        device = self.conv1d.weight.device
-        conv_dtype = self.conv1d.weight.dtype if dtype is None else dtype
-        conv_state = torch.zeros(batch_size, self.conv_dim, self.d_conv, device=device, dtype=conv_dtype)
-        ssm_state = torch.zeros(batch_size, self.nheads, self.headdim, self.d_state, device=device,
-                                dtype=torch.float32)
-        return conv_state, ssm_state
+    def _ssm_state_shape(self) -> tuple[int, ...]:
+        return (self.nheads, self.headdim, self.d_state)

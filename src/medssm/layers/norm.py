@@ -1,4 +1,4 @@
-"""Normalisation layers for the Mamba mixers."""
+"""Normalisation layers: the gated RMSNorm of the Mamba mixers and a channels-first LayerNorm."""
 
 from __future__ import annotations
 
@@ -55,3 +55,20 @@ class RMSNormGated(nn.Module):
     def extra_repr(self) -> str:
         return (f"{self.hidden_size}, eps={self.eps}, group_size={self.group_size}, "
                 f"norm_before_gate={self.norm_before_gate}")
+
+
+class ChannelsFirstLayerNorm(nn.LayerNorm):
+    """LayerNorm over the channel axis of a channels-first tensor: (batch, channels, *spatial) -> same shape
+    (ConvNeXt's ``data_format="channels_first"``, timm's ``LayerNorm2d``, in N-d).
+
+    Parameters ``weight`` and ``bias`` (channels,), as ``nn.LayerNorm(channels)``, whose state dict loads.
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-5, elementwise_affine: bool = True, bias: bool = True,
+                 device=None, dtype=None) -> None:
+        super().__init__(channels, eps=eps, elementwise_affine=elementwise_affine, bias=bias, device=device,
+                         dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (batch, channels, *spatial) -> (batch, channels, *spatial)."""
+        return super().forward(x.movedim(1, -1)).movedim(-1, 1)

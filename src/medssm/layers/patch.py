@@ -13,19 +13,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-_CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
-
-
-def _check_spatial_dims(spatial_dims: int) -> int:
-    if spatial_dims not in _CONV:
-        raise ValueError(f"spatial_dims must be 1, 2 or 3, got {spatial_dims!r}")
-    return spatial_dims
-
-
-def _check_input(x: torch.Tensor, spatial_dims: int, channels: int) -> None:
-    if x.dim() != spatial_dims + 2 or x.shape[1] != channels:
-        raise ValueError(f"x must have shape (batch, {channels}, {spatial_dims} spatial sizes), "
-                         f"got {tuple(x.shape)}")
+from ..conventions import check_spatial_dims
+from .factories import conv_nd
+from .grid import check_grid
 
 
 def _per_axis(value: int | Sequence[int], spatial_dims: int) -> tuple[int, ...]:
@@ -61,15 +51,15 @@ class PatchEmbed(nn.Module):
     def __init__(self, spatial_dims: int, in_channels: int, embed_dim: int, patch_size: int | Sequence[int],
                  norm: bool = True) -> None:
         super().__init__()
-        self.spatial_dims = _check_spatial_dims(spatial_dims)
+        self.spatial_dims = check_spatial_dims(spatial_dims)
         self.in_channels = in_channels
         self.patch_size = _per_axis(patch_size, spatial_dims)
-        self.proj = _CONV[spatial_dims](in_channels, embed_dim, kernel_size=self.patch_size,
-                                        stride=self.patch_size)
+        self.proj = conv_nd(spatial_dims, in_channels, embed_dim, kernel_size=self.patch_size,
+                            stride=self.patch_size)
         self.norm = nn.LayerNorm(embed_dim) if norm else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_input(x, self.spatial_dims, self.in_channels)
+        check_grid(x, self.spatial_dims, self.in_channels)
         x = self.proj(pad_to_multiple(x, self.patch_size))
         return self.norm(x.movedim(1, -1)).movedim(-1, 1)
 
@@ -89,14 +79,14 @@ class PatchMerging(nn.Module):
 
     def __init__(self, spatial_dims: int, dim: int, out_dim: int | None = None) -> None:
         super().__init__()
-        self.spatial_dims = _check_spatial_dims(spatial_dims)
+        self.spatial_dims = check_spatial_dims(spatial_dims)
         self.dim = dim
         self.out_dim = 2 * dim if out_dim is None else out_dim
         self.norm = nn.LayerNorm(2**spatial_dims * dim)
         self.reduction = nn.Linear(2**spatial_dims * dim, self.out_dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_input(x, self.spatial_dims, self.dim)
+        check_grid(x, self.spatial_dims, self.dim)
         x = pad_to_multiple(x, 2)
         batch, channels, *sizes = x.shape
         x = x.reshape(batch, channels, *[s for n in sizes for s in (n // 2, 2)])  # (b, c, n0/2, 2, n1/2, 2, ...)
@@ -124,7 +114,7 @@ class PatchExpanding(nn.Module):
     def __init__(self, spatial_dims: int, dim: int, out_dim: int | None = None, scale: int = 2,
                  norm: bool = True) -> None:
         super().__init__()
-        self.spatial_dims = _check_spatial_dims(spatial_dims)
+        self.spatial_dims = check_spatial_dims(spatial_dims)
         self.dim = dim
         self.out_dim = dim // 2 if out_dim is None else out_dim
         self.scale = scale
@@ -134,7 +124,7 @@ class PatchExpanding(nn.Module):
         self.norm = nn.LayerNorm(self.out_dim) if norm else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_input(x, self.spatial_dims, self.dim)
+        check_grid(x, self.spatial_dims, self.dim)
         batch, _, *sizes = x.shape
         d = len(sizes)
         x = self.expand(x.movedim(1, -1)).reshape(batch, *sizes, *[self.scale] * d, self.out_dim)

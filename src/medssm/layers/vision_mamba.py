@@ -24,12 +24,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..conventions import check_spatial_dims
 from ..ops import selective_scan
 from ..scans import ScanRoute, get_route
-from .mamba import init_dt_bias
-
-_CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
-
+from .factories import conv_nd
+from .grid import check_grid
+from .mamba import init_dt_bias, no_weight_decay, s4d_real_A_log
 
 MERGES = ("sum", "weighted", "cv_gate")
 
@@ -69,13 +69,11 @@ class MultiRouteMamba(nn.Module):
                  dt_init_floor: float = 1e-4, merge: str = "sum", bias: bool = False,
                  scan_backend: str = "auto", gate_threshold: float = 0.0) -> None:
         super().__init__()
-        if spatial_dims not in _CONV:
-            raise ValueError(f"spatial_dims must be 1, 2 or 3, got {spatial_dims}")
         if merge not in MERGES:
             raise ValueError(f"merge must be one of {MERGES}, got {merge!r}")
         if d_conv % 2 != 1:
             raise ValueError(f"d_conv must be odd (a centred depthwise conv), got {d_conv}")
-        self.spatial_dims = spatial_dims
+        self.spatial_dims = check_spatial_dims(spatial_dims)
         self.d_model = d_model
         self.d_state = d_state
         self.d_inner = int(expand * d_model)
@@ -98,26 +96,22 @@ class MultiRouteMamba(nn.Module):
         d_inner, rank = self.d_inner, self.dt_rank
 
         self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=bias)
-        self.conv = _CONV[spatial_dims](d_inner, d_inner, d_conv, padding=d_conv // 2, groups=d_inner)
+        self.conv = conv_nd(spatial_dims, d_inner, d_inner, d_conv, padding=d_conv // 2, groups=d_inner)
         self.x_proj_weight = nn.Parameter(torch.empty(K, rank + 2 * d_state, d_inner))
         nn.init.uniform_(self.x_proj_weight, -d_inner**-0.5, d_inner**-0.5)  # nn.Linear's default range
         self.dt_projs_weight = nn.Parameter(torch.empty(K, d_inner, rank))
         nn.init.uniform_(self.dt_projs_weight, -(rank**-0.5), rank**-0.5)
         self.dt_projs_bias = nn.Parameter(init_dt_bias(K * d_inner, dt_min, dt_max, dt_init_floor).view(K, d_inner))
-        A = torch.arange(1, d_state + 1, dtype=torch.float32).repeat(K * d_inner, 1)
-        self.A_logs = nn.Parameter(torch.log(A))  # S4D-real: A = -(1..N)
+        self.A_logs = nn.Parameter(s4d_real_A_log(K * d_inner, d_state))
         self.Ds = nn.Parameter(torch.ones(K * d_inner))
-        for p in (self.A_logs, self.Ds, self.dt_projs_bias):
-            p._no_weight_decay = True
+        no_weight_decay(self.A_logs, self.Ds, self.dt_projs_bias)
         self.route_logits = nn.Parameter(torch.zeros(K)) if merge == "weighted" else None
         self.out_norm = nn.LayerNorm(d_inner)
         self.out_proj = nn.Linear(d_inner, d_model, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (batch, d_model, *spatial) -> (batch, d_model, *spatial)."""
-        if x.dim() != self.spatial_dims + 2 or x.shape[1] != self.d_model:
-            raise ValueError(f"x must have shape (batch, {self.d_model}, *spatial) with {self.spatial_dims} "
-                             f"spatial dims, got {tuple(x.shape)}")
+        check_grid(x, self.spatial_dims, self.d_model)
         batch, spatial = x.shape[0], tuple(x.shape[2:])
         xz = self.in_proj(x.movedim(1, -1))  # (batch, *spatial, 2 * d_inner)
         u, z = xz.chunk(2, dim=-1)

@@ -1,5 +1,20 @@
-"""Networks: the registry (``create_model``, ``list_models``) and one file per model family."""
+"""Networks: the registry (``create_model``, ``list_models``) and one file per model family.
 
-from .registry import count_flops, count_parameters, create_model, get_entry, list_models, register_model
+Importing this package imports every family module below, and each registers its models on import; the
+registry itself imports no family (timm's layout). A new family file is added to the imports here.
+"""
 
-__all__ = ["count_flops", "count_parameters", "create_model", "get_entry", "list_models", "register_model"]
+from . import mini  # noqa: F401  (registers the mini_mamba_* models)
+from .registry import (
+    MODEL_TASKS,
+    ModelEntry,
+    count_flops,
+    count_parameters,
+    create_model,
+    get_entry,
+    list_models,
+    register_model,
+)
+
+__all__ = ["MODEL_TASKS", "ModelEntry", "count_flops", "count_parameters", "create_model", "get_entry",
+           "list_models", "register_model"]

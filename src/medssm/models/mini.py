@@ -15,8 +15,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.blocks import UnetOutBlock, UnetResBlock, UnetUpBlock
 
+from ..layers.grid import check_grid
 from ..layers.patch import pad_to_multiple
-from ..layers.vision_blocks import VSSBlock
+from ..layers.vss import VSSBlock
 from .registry import register_model
 
 NORM = ("instance", {"affine": True})
@@ -82,6 +83,7 @@ class MiniMambaUNet(nn.Module):
             raise ValueError(f"residual_output needs in_channels == out_channels, got {in_channels} and "
                              f"{out_channels}")
         self.spatial_dims = spatial_dims
+        self.in_channels = in_channels
         self.residual_output = residual_output
         self.stride = 2 ** (len(features) - 1)
         self.encoder = MambaEncoder(spatial_dims, in_channels, features, mamba_stages, mamba_depth, route, d_state,
@@ -94,9 +96,7 @@ class MiniMambaUNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (batch, in_channels, *spatial) -> (batch, out_channels, *spatial)."""
-        if x.dim() != self.spatial_dims + 2:
-            raise ValueError(f"x must be (batch, channels, *spatial) with {self.spatial_dims} spatial dims, "
-                             f"got {tuple(x.shape)}")
+        check_grid(x, self.spatial_dims, self.in_channels)
         spatial = x.shape[2:]
         skips = self.encoder(pad_to_multiple(x, self.stride))
         y = skips.pop()
@@ -117,6 +117,7 @@ class MiniMambaClassifier(nn.Module):
                  dropout: float = 0.0) -> None:
         super().__init__()
         self.spatial_dims = spatial_dims
+        self.in_channels = in_channels
         self.stride = 2 ** (len(features) - 1)
         self.encoder = MambaEncoder(spatial_dims, in_channels, features, mamba_stages, mamba_depth, route, d_state,
                                     scan_backend)
@@ -125,9 +126,7 @@ class MiniMambaClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (batch, in_channels, *spatial) -> (batch, out_channels)."""
-        if x.dim() != self.spatial_dims + 2:
-            raise ValueError(f"x must be (batch, channels, *spatial) with {self.spatial_dims} spatial dims, "
-                             f"got {tuple(x.shape)}")
+        check_grid(x, self.spatial_dims, self.in_channels)
         # Zero padding would dilute the average, so pool only over the positions of the real input.
         padded = pad_to_multiple(x, self.stride)
         features = self.encoder(padded)[-1]

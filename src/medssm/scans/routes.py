@@ -30,6 +30,22 @@ def _raster(shape: tuple[int, ...]) -> torch.Tensor:
     return index_grid(shape).reshape(-1)
 
 
+class _OrderAndReverse(ScanRoute):
+    """A route of one order (:meth:`_order`) plus, when ``self.reverse``, that order reversed: K = 2, else 1."""
+
+    reverse: bool
+
+    def _order(self, shape: tuple[int, ...]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _num_orders(self, spatial_dims: int) -> int:
+        return 2 if self.reverse else 1
+
+    def _build(self, shape: tuple[int, ...]) -> torch.Tensor:
+        orders = self._order(shape)[None]
+        return with_reversed(orders) if self.reverse else orders
+
+
 @register_route("raster")
 class RasterRoute(ScanRoute):
     """Row-major flattening, K=1 (U-Mamba, Ma et al. 2024, arXiv:2401.04722; LightM-UNet, Liao et al. 2024,
@@ -93,7 +109,7 @@ class SnakeRoute(ScanRoute):
 
 
 @register_route("local")
-class LocalRoute(ScanRoute):
+class LocalRoute(_OrderAndReverse):
     """Windowed scan: w x w (w x w x w in 3D) windows one after another in row-major order, row-major inside
     each window; border windows are partial when a size is not a multiple of w (LocalMamba, Huang et al.
     2024, "LocalMamba: Visual State Space Model with Windowed Selective Scan", arXiv:2403.09338).
@@ -118,19 +134,15 @@ class LocalRoute(ScanRoute):
     def extra_repr(self) -> str:
         return f"window={self.window}, column_first={self.column_first}, reverse={self.reverse}"
 
-    def _num_orders(self, spatial_dims: int) -> int:
-        return 2 if self.reverse else 1
-
-    def _build(self, shape: tuple[int, ...]) -> torch.Tensor:
+    def _order(self, shape: tuple[int, ...]) -> torch.Tensor:
         grid = index_grid(shape)
         if self.column_first:
             grid = grid.permute(column_axes(len(shape)))
-        orders = blocked_order(grid, self.window, phase_first=False)[None]
-        return with_reversed(orders) if self.reverse else orders
+        return blocked_order(grid, self.window, phase_first=False)
 
 
 @register_route("dilated")
-class DilatedRoute(ScanRoute):
+class DilatedRoute(_OrderAndReverse):
     """Atrous scan with rate r: the sub-grid of tokens with (i % r, j % r) == (0, 0) in row-major order,
     then (0, 1), ..., so each sub-grid is contiguous in the sequence (after AtrousMamba's atrous-window
     scanning, "AtrousMamba: An Atrous-Window Scanning Visual State Space Model for Remote Sensing Change
@@ -151,12 +163,8 @@ class DilatedRoute(ScanRoute):
     def extra_repr(self) -> str:
         return f"rate={self.rate}, reverse={self.reverse}"
 
-    def _num_orders(self, spatial_dims: int) -> int:
-        return 2 if self.reverse else 1
-
-    def _build(self, shape: tuple[int, ...]) -> torch.Tensor:
-        orders = blocked_order(index_grid(shape), self.rate, phase_first=True)[None]
-        return with_reversed(orders) if self.reverse else orders
+    def _order(self, shape: tuple[int, ...]) -> torch.Tensor:
+        return blocked_order(index_grid(shape), self.rate, phase_first=True)
 
 
 @register_route("tri_oriented")
