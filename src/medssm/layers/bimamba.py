@@ -43,31 +43,39 @@ class BiMamba(Mamba):
     def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: float = 2,
                  dt_rank: int | str = "auto", dt_min: float = 0.001, dt_max: float = 0.1, dt_init: str = "random",
                  dt_scale: float = 1.0, dt_init_floor: float = 1e-4, conv_bias: bool = True, bias: bool = False,
-                 divide_out: bool = True, scan_backend: str = "auto", layer_idx: int | None = None, device=None,
-                 dtype=None) -> None:
+                 divide_out: bool = True, scan_backend: str = "auto", layer_idx: int | None = None,
+                 ssm: bool = True, device=None, dtype=None) -> None:
         kwargs = dict(d_state=d_state, d_conv=d_conv, expand=expand, dt_rank=dt_rank, dt_min=dt_min, dt_max=dt_max,
                       dt_init=dt_init, dt_scale=dt_scale, dt_init_floor=dt_init_floor, conv_bias=conv_bias,
-                      bias=bias, scan_backend=scan_backend, device=device, dtype=dtype)
+                      bias=bias, scan_backend=scan_backend, ssm=ssm, device=device, dtype=dtype)
         super().__init__(d_model, layer_idx=layer_idx, **kwargs)
         self.divide_out = divide_out
         twin = Mamba(d_model, **kwargs)  # the backward branch, initialised exactly like the forward one
-        self.A_b_log = twin.A_log
         self.conv1d_b = twin.conv1d
-        self.x_proj_b = twin.x_proj
-        self.dt_proj_b = twin.dt_proj
-        self.D_b = twin.D
+        if ssm:
+            self.A_b_log = twin.A_log
+            self.x_proj_b = twin.x_proj
+            self.dt_proj_b = twin.dt_proj
+            self.D_b = twin.D
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (batch, L, d_model) -> (batch, L, d_model)."""
         check_input(x, self.d_model)
         u, z = self.in_proj(x).transpose(1, 2).chunk(2, dim=1)
-        y = self.scan_branch(u, z, self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D)
-        y_b = self.scan_branch(u.flip(-1), z.flip(-1), self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.A_b_log,
-                               self.D_b).flip(-1)
+        forward, backward = self._branch_parameters()
+        y = self.scan_branch(u, z, *forward)
+        y_b = self.scan_branch(u.flip(-1), z.flip(-1), *backward).flip(-1)
         y = y + y_b
         if self.divide_out:
             y = y / 2
         return self.out_proj(y.transpose(1, 2))
+
+    def _branch_parameters(self) -> tuple[tuple, tuple]:
+        """(conv1d, x_proj, dt_proj, A_log, D) of the forward and the backward branch (None without the SSM)."""
+        if not self.ssm:
+            return (self.conv1d, None, None, None, None), (self.conv1d_b, None, None, None, None)
+        return ((self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D),
+                (self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.A_b_log, self.D_b))
 
     def step(self, *args, **kwargs):
         raise NotImplementedError("BiMamba scans both directions: it has no token-by-token recurrent step")
@@ -90,18 +98,19 @@ class VimBlock(nn.Module):
         spatial_dims: 1, 2 or 3. dim: channels.
         d_state, d_conv, expand, dt_rank, bias, divide_out: BiMamba's arguments.
         drop_path: stochastic-depth probability. norm_layer: norm constructor (default RMSNorm, eps 1e-5).
-        scan_backend: selective_scan backend.
+        scan_backend: selective_scan backend. ssm: False gives the no-SSM (gated-CNN) control.
     """
 
     def __init__(self, spatial_dims: int, dim: int, d_state: int = 16, d_conv: int = 4, expand: float = 2,
                  dt_rank: int | str = "auto", bias: bool = False, divide_out: bool = True, drop_path: float = 0.0,
-                 norm_layer: NormLayer = RMSNormGated, scan_backend: str = "auto") -> None:
+                 norm_layer: NormLayer = RMSNormGated, scan_backend: str = "auto",
+                 ssm: bool = True) -> None:
         super().__init__()
         self.spatial_dims = check_spatial_dims(spatial_dims)
         self.dim = dim
         self.norm = norm_layer(dim)
         self.mixer = BiMamba(dim, d_state=d_state, d_conv=d_conv, expand=expand, dt_rank=dt_rank, bias=bias,
-                             divide_out=divide_out, scan_backend=scan_backend)
+                             divide_out=divide_out, scan_backend=scan_backend, ssm=ssm)
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,10 @@ Data flow for x (batch, L, d_model)::
     y = selective_scan(x, dt, A, B, C, D, z)
     out_proj(y) -> (batch, L, d_model)
 
+With ``ssm=False`` the selective scan and its parameters (x_proj, dt_proj, A_log, D) are left out:
+y = (causal depthwise conv + SiLU)(x) * silu(z), MambaOut's gated CNN (Yu & Wang 2024), the control that
+answers "does the SSM help?" for any network built from this mixer.
+
 Recurrent decoding keeps two caches per layer: conv_state (batch, d_inner, d_conv), the last d_conv
 inputs of the convolution, and ssm_state (batch, d_inner, d_state) in fp32.
 """
@@ -132,13 +136,15 @@ class Mamba(RecurrentMixer):
         scan_backend: selective_scan backend ("auto", "reference", "torch", "cpu").
         conv_backend: causal_conv1d backend ("auto", "torch", "cpu").
         layer_idx: this layer's index in a stack (kept for the caller's cache bookkeeping).
+        ssm: False leaves the selective scan and its parameters out (the gated-CNN control, see above).
     """
 
     def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: float = 2,
                  dt_rank: int | str = "auto", dt_min: float = 0.001, dt_max: float = 0.1,
                  dt_init: str = "random", dt_scale: float = 1.0, dt_init_floor: float = 1e-4,
                  conv_bias: bool = True, bias: bool = False, scan_backend: str = "auto",
-                 conv_backend: str = "auto", layer_idx: int | None = None, device=None, dtype=None) -> None:
+                 conv_backend: str = "auto", layer_idx: int | None = None, ssm: bool = True, device=None,
+                 dtype=None) -> None:
         super().__init__()
         factory = {"device": device, "dtype": dtype}
         self.d_model = d_model
@@ -150,10 +156,21 @@ class Mamba(RecurrentMixer):
         self.scan_backend = scan_backend
         self.conv_backend = conv_backend
         self.layer_idx = layer_idx
+        self.ssm = ssm
 
         self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias, **factory)
         self.conv1d = nn.Conv1d(self.d_inner, self.d_inner, d_conv, groups=self.d_inner, padding=d_conv - 1,
                                 bias=conv_bias, **factory)
+        if ssm:
+            self._init_ssm(dt_min, dt_max, dt_init, dt_scale, dt_init_floor, factory)
+        else:
+            self.x_proj = self.dt_proj = self.A_log = self.D = None
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory)
+
+    def _init_ssm(self, dt_min: float, dt_max: float, dt_init: str, dt_scale: float, dt_init_floor: float,
+                  factory: dict) -> None:
+        """The scan's parameters: x_proj, dt_proj (mamba_ssm's dt initialisation), A_log (S4D-real), D."""
+        d_state, device = self.d_state, factory["device"]
         self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False, **factory)
         self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True, **factory)
 
@@ -171,8 +188,6 @@ class Mamba(RecurrentMixer):
         self.A_log = nn.Parameter(s4d_real_A_log(self.d_inner, d_state, device))  # fp32
         self.D = nn.Parameter(torch.ones(self.d_inner, device=device))  # fp32
         no_weight_decay(self.A_log, self.D)
-
-        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory)
 
     def forward(self, x: torch.Tensor,
                 cache: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
@@ -193,8 +208,14 @@ class Mamba(RecurrentMixer):
                     A_log: torch.Tensor, D: torch.Tensor, return_last_state: bool = False):
         """One scan direction on x and gate z (batch, d_inner, L): causal conv + SiLU, x_proj, dt_proj, gated
         selective scan -> (batch, d_inner, L) (and the last state); the parameters are passed so that
-        bidirectional variants (Vim's ``*_b`` branch) reuse it."""
+        bidirectional variants (Vim's ``*_b`` branch) reuse it. Without the SSM: silu(conv(x)) * silu(z) (and a
+        zero last state)."""
         u = causal_conv1d(x, conv1d.weight.squeeze(1), conv1d.bias, activation="silu", backend=self.conv_backend)
+        if not self.ssm:
+            y = u * F.silu(z)
+            if return_last_state:
+                return y, u.new_zeros(u.shape[0], self.d_inner, self.d_state, dtype=torch.float32)
+            return y
         # Under mixed precision the projections feeding the scan and the scan itself stay in fp32: a half-
         # precision delta or scan output is where NaN/Inf appear (VMamba#138, U-Mamba#8).
         with torch.autocast(u.device.type, enabled=False):
@@ -219,6 +240,8 @@ class Mamba(RecurrentMixer):
         x_in, z = self.in_proj(x.squeeze(1)).chunk(2, dim=-1)  # (batch, d_inner) each
         u = causal_conv1d_update(x_in, conv_state, self.conv1d.weight.squeeze(1), self.conv1d.bias,
                                  activation="silu")
+        if not self.ssm:
+            return self.out_proj(u * F.silu(z)).unsqueeze(1)
         dt, B, C = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = dt @ self.dt_proj.weight.t()  # (batch, d_inner)
         A = -torch.exp(self.A_log.float())

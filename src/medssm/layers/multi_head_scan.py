@@ -44,12 +44,14 @@ class MultiHeadScan(nn.Module):
         d_state, expand, d_conv, dt_rank, merge, bias, scan_backend: each head's MultiRouteMamba arguments.
         fusion: "attention" (softmax weights across heads) or "cv_gate" (MHS-VM's gated fusion unit inside each
             head, heads concatenated; ``merge`` must then stay "sum"). gate_threshold: the gate's threshold t.
+        ssm: False gives every head the no-SSM (gated-CNN) mixer.
     """
 
     def __init__(self, spatial_dims: int, dim: int, routes: Sequence[str] = ("cross", "snake", "local", "dilated"),
                  route_kwargs: Sequence[dict | None] | None = None, d_state: int = 16, expand: float = 2,
                  d_conv: int = 3, dt_rank: int | str = "auto", merge: str = "sum", bias: bool = False,
-                 scan_backend: str = "auto", fusion: str = "attention", gate_threshold: float = 0.0) -> None:
+                 scan_backend: str = "auto", fusion: str = "attention", gate_threshold: float = 0.0,
+                 ssm: bool = True) -> None:
         super().__init__()
         routes = [routes] if isinstance(routes, str) else list(routes)
         k = len(routes)
@@ -73,7 +75,7 @@ class MultiHeadScan(nn.Module):
         self.heads = nn.ModuleList(
             MultiRouteMamba(spatial_dims, head_dim, d_state=d_state, expand=expand, route=r, route_kwargs=kw,
                             d_conv=d_conv, dt_rank=dt_rank, merge="cv_gate" if fusion == "cv_gate" else merge,
-                            bias=bias, scan_backend=scan_backend, gate_threshold=gate_threshold)
+                            bias=bias, scan_backend=scan_backend, gate_threshold=gate_threshold, ssm=ssm)
             for r, kw in zip(routes, route_kwargs, strict=True))
         self.route_attn = None
         if fusion == "attention":
@@ -125,8 +127,8 @@ class MultiHeadScanBlock(ResidualMixerBlock):
                  d_conv: int = 3, dt_rank: int | str = "auto", merge: str = "sum", bias: bool = False,
                  mlp_ratio: float = 0.0, drop_path: float = 0.0, norm_layer: NormLayer = nn.LayerNorm,
                  act_layer: ActLayer = nn.GELU, scan_backend: str = "auto", fusion: str = "attention",
-                 gate_threshold: float = 0.0) -> None:
+                 gate_threshold: float = 0.0, ssm: bool = True) -> None:
         op = MultiHeadScan(spatial_dims, dim, routes=routes, route_kwargs=route_kwargs, d_state=d_state,
                            expand=expand, d_conv=d_conv, dt_rank=dt_rank, merge=merge, bias=bias,
-                           scan_backend=scan_backend, fusion=fusion, gate_threshold=gate_threshold)
+                           scan_backend=scan_backend, fusion=fusion, gate_threshold=gate_threshold, ssm=ssm)
         super().__init__(spatial_dims, dim, op, mlp_ratio, drop_path, norm_layer, act_layer)

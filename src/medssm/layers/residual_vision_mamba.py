@@ -27,17 +27,19 @@ class ResidualVisionMamba(nn.Module):
     Args:
         spatial_dims: 1, 2 or 3. dim: input channels. out_dim: output channels (default dim).
         d_state, d_conv, expand, dt_rank: the Mamba mixer's arguments. scan_backend: its scan backend.
+        ssm: False gives the no-SSM (gated-CNN) control of the mixer.
     """
 
     def __init__(self, spatial_dims: int, dim: int, out_dim: int | None = None, d_state: int = 16,
-                 d_conv: int = 4, expand: float = 2, dt_rank: int | str = "auto", scan_backend: str = "auto") -> None:
+                 d_conv: int = 4, expand: float = 2, dt_rank: int | str = "auto", scan_backend: str = "auto",
+                 ssm: bool = True) -> None:
         super().__init__()
         self.spatial_dims = check_spatial_dims(spatial_dims)
         self.dim = dim
         self.out_dim = dim if out_dim is None else out_dim
         self.norm = nn.LayerNorm(dim)
         self.mamba = Mamba(dim, d_state=d_state, d_conv=d_conv, expand=expand, dt_rank=dt_rank,
-                           scan_backend=scan_backend)
+                           scan_backend=scan_backend, ssm=ssm)
         self.proj = nn.Linear(dim, self.out_dim)
         self.skip_scale = nn.Parameter(torch.ones(1))
 

@@ -49,13 +49,13 @@ class ToMBlock(VSSBlock):
     def __init__(self, spatial_dims: int, dim: int, d_state: int = 16, expand: float = 2, d_conv: int = 3,
                  dt_rank: int | str = "auto", bias: bool = False, gsc: bool = False, gsc_gate: str = "mul",
                  mlp_ratio: float = 0.0, drop_path: float = 0.0, norm_layer: NormLayer = nn.LayerNorm,
-                 act_layer: ActLayer = nn.GELU, scan_backend: str = "auto") -> None:
+                 act_layer: ActLayer = nn.GELU, scan_backend: str = "auto", ssm: bool = True) -> None:
         if spatial_dims != 3:
             raise ValueError(f"ToMBlock (SegMamba's tri-orientated Mamba) is 3D only: spatial_dims must be 3, "
                              f"got {spatial_dims!r}")
         super().__init__(3, dim, d_state=d_state, expand=expand, route="tri_oriented", d_conv=d_conv,
                          dt_rank=dt_rank, merge="sum", bias=bias, mlp_ratio=mlp_ratio, drop_path=drop_path,
-                         norm_layer=norm_layer, act_layer=act_layer, scan_backend=scan_backend)
+                         norm_layer=norm_layer, act_layer=act_layer, scan_backend=scan_backend, ssm=ssm)
         self.gsc = GSC(3, dim, gate=gsc_gate) if gsc else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

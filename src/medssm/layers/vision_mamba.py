@@ -14,6 +14,9 @@ With ``route="cross"`` and spatial_dims=2 this is VMamba's SS2D (Liu et al., 202
 parameter names (``x_proj_weight`` (K, dt_rank + 2N, d_inner), ``dt_projs_weight`` (K, d_inner, dt_rank),
 ``dt_projs_bias`` (K, d_inner), ``A_logs`` (K*d_inner, N), ``Ds`` (K*d_inner,), ``out_norm``) so that its
 checkpoints map onto ours (``conv2d`` is called ``conv`` here, for every spatial_dims).
+
+With ``ssm=False`` the routes, the scan and its parameters are left out: ``out_proj(LayerNorm(silu(conv(x)))
+* silu(z))``, MambaOut's gated CNN (Yu & Wang 2024), the no-SSM control of every block built on this mixer.
 """
 
 from __future__ import annotations
@@ -61,13 +64,14 @@ class MultiRouteMamba(nn.Module):
         merge: "sum" (VMamba), "weighted" (a learned softmax weight per route) or "cv_gate" (MHS-VM's gated
             fusion unit, :func:`cv_gate_merge`; needs K >= 2). gate_threshold: cv_gate's threshold t.
         scan_backend: selective_scan backend.
+        ssm: False leaves the routes, the scan and its parameters out (the gated-CNN control, see above).
     """
 
     def __init__(self, spatial_dims: int, d_model: int, d_state: int = 16, expand: float = 2,
                  route: str | ScanRoute = "cross", route_kwargs: dict | None = None, d_conv: int = 3,
                  dt_rank: int | str = "auto", dt_min: float = 0.001, dt_max: float = 0.1,
                  dt_init_floor: float = 1e-4, merge: str = "sum", bias: bool = False,
-                 scan_backend: str = "auto", gate_threshold: float = 0.0) -> None:
+                 scan_backend: str = "auto", gate_threshold: float = 0.0, ssm: bool = True) -> None:
         super().__init__()
         if merge not in MERGES:
             raise ValueError(f"merge must be one of {MERGES}, got {merge!r}")
@@ -93,10 +97,20 @@ class MultiRouteMamba(nn.Module):
         self.merge_mode = merge
         self.gate_threshold = gate_threshold
         self.scan_backend = scan_backend
-        d_inner, rank = self.d_inner, self.dt_rank
+        self.ssm = ssm
 
-        self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=bias)
-        self.conv = conv_nd(spatial_dims, d_inner, d_inner, d_conv, padding=d_conv // 2, groups=d_inner)
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias)
+        self.conv = conv_nd(spatial_dims, self.d_inner, self.d_inner, d_conv, padding=d_conv // 2,
+                            groups=self.d_inner)
+        if ssm:
+            self._init_ssm(dt_min, dt_max, dt_init_floor)
+        self.route_logits = nn.Parameter(torch.zeros(K)) if merge == "weighted" and ssm else None
+        self.out_norm = nn.LayerNorm(self.d_inner)
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias)
+
+    def _init_ssm(self, dt_min: float, dt_max: float, dt_init_floor: float) -> None:
+        """The scan's parameters per route, with SS2D's names and VMamba's initialisation."""
+        K, d_inner, rank, d_state = self.num_routes, self.d_inner, self.dt_rank, self.d_state
         self.x_proj_weight = nn.Parameter(torch.empty(K, rank + 2 * d_state, d_inner))
         nn.init.uniform_(self.x_proj_weight, -d_inner**-0.5, d_inner**-0.5)  # nn.Linear's default range
         self.dt_projs_weight = nn.Parameter(torch.empty(K, d_inner, rank))
@@ -105,9 +119,6 @@ class MultiRouteMamba(nn.Module):
         self.A_logs = nn.Parameter(s4d_real_A_log(K * d_inner, d_state))
         self.Ds = nn.Parameter(torch.ones(K * d_inner))
         no_weight_decay(self.A_logs, self.Ds, self.dt_projs_bias)
-        self.route_logits = nn.Parameter(torch.zeros(K)) if merge == "weighted" else None
-        self.out_norm = nn.LayerNorm(d_inner)
-        self.out_proj = nn.Linear(d_inner, d_model, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (batch, d_model, *spatial) -> (batch, d_model, *spatial)."""
@@ -116,6 +127,12 @@ class MultiRouteMamba(nn.Module):
         xz = self.in_proj(x.movedim(1, -1))  # (batch, *spatial, 2 * d_inner)
         u, z = xz.chunk(2, dim=-1)
         u = F.silu(self.conv(u.movedim(-1, 1)))  # (batch, d_inner, *spatial)
+        y = self._scan_routes(u, batch, spatial) if self.ssm else u
+        y = self.out_norm(y.movedim(1, -1)) * F.silu(z)
+        return self.out_proj(y).movedim(-1, 1)
+
+    def _scan_routes(self, u: torch.Tensor, batch: int, spatial: tuple[int, ...]) -> torch.Tensor:
+        """u (batch, d_inner, *spatial) -> the K routes' scans, merged on the grid: (batch, d_inner, *spatial)."""
         # Under mixed precision the projections feeding the scan and the scan itself stay in fp32 (VMamba#138).
         with torch.autocast(u.device.type, enabled=False):
             seqs = self.route.gather(u.to(self.x_proj_weight.dtype))  # (batch, K, d_inner, T), fp32 unless cast
@@ -134,5 +151,4 @@ class MultiRouteMamba(nn.Module):
             y = cv_gate_merge(self.route.scatter(y, spatial), self.gate_threshold)
         else:
             y = self.route.merge(y, spatial)  # (batch, d_inner, *spatial)
-        y = self.out_norm(y.movedim(1, -1)) * F.silu(z)
-        return self.out_proj(y).movedim(-1, 1)
+        return y

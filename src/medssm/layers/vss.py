@@ -80,17 +80,17 @@ class VSSBlock(ResidualMixerBlock):
         route, route_kwargs: the scan route by name and its arguments.
         mlp_ratio: MLP hidden width / dim (VMamba's 4.0); 0 disables the MLP branch.
         drop_path: stochastic-depth probability. norm_layer, act_layer: norm and MLP activation constructors.
-        scan_backend: selective_scan backend of the mixer.
+        scan_backend: selective_scan backend of the mixer. ssm: False gives the no-SSM (gated-CNN) control.
     """
 
     def __init__(self, spatial_dims: int, dim: int, d_state: int = 16, expand: float = 2,
                  route: str | ScanRoute = "cross", route_kwargs: dict | None = None, d_conv: int = 3,
                  dt_rank: int | str = "auto", merge: str = "sum", bias: bool = False, mlp_ratio: float = 4.0,
                  drop_path: float = 0.0, norm_layer: NormLayer = nn.LayerNorm, act_layer: ActLayer = nn.GELU,
-                 scan_backend: str = "auto") -> None:
+                 scan_backend: str = "auto", ssm: bool = True) -> None:
         op = MultiRouteMamba(spatial_dims, dim, d_state=d_state, expand=expand, route=route,
                              route_kwargs=route_kwargs, d_conv=d_conv, dt_rank=dt_rank, merge=merge, bias=bias,
-                             scan_backend=scan_backend)
+                             scan_backend=scan_backend, ssm=ssm)
         super().__init__(spatial_dims, dim, op, mlp_ratio, drop_path, norm_layer, act_layer)
 
 
@@ -122,12 +122,12 @@ class LBMambaBlock(VSSBlock):
                  d_state: int = 16, expand: float = 2, d_conv: int = 3, dt_rank: int | str = "auto",
                  bias: bool = False, mlp_ratio: float = 0.0, drop_path: float = 0.0,
                  norm_layer: NormLayer = nn.LayerNorm, act_layer: ActLayer = nn.GELU,
-                 scan_backend: str = "auto") -> None:
+                 scan_backend: str = "auto", ssm: bool = True) -> None:
         if isinstance(layer_index, bool) or not isinstance(layer_index, int) or layer_index < 0:
             raise ValueError(f"layer_index must be a non-negative integer, got {layer_index!r}")
         route = get_route("local_bidirectional", window=window, alternate=alternate).for_layer(layer_index)
         super().__init__(spatial_dims, dim, d_state=d_state, expand=expand, route=route, d_conv=d_conv,
                          dt_rank=dt_rank, merge="sum", bias=bias, mlp_ratio=mlp_ratio, drop_path=drop_path,
-                         norm_layer=norm_layer, act_layer=act_layer, scan_backend=scan_backend)
+                         norm_layer=norm_layer, act_layer=act_layer, scan_backend=scan_backend, ssm=ssm)
         self.layer_index = layer_index
         self.reverse = route.reverse
