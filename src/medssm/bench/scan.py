@@ -255,7 +255,7 @@ def cpu_split(shape: tuple[int, int, int, int], repeats: int) -> dict[str, float
     from ..ops import scan_cpu
 
     x = make_inputs(*shape)
-    plan = scan_cpu._Plan(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"], True)
+    plan = scan_cpu.ScanPlan(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"], True)
     gout = torch.randn_like(x["u"])
     _, _, saved = scan_cpu.scan_forward(plan, save=True)
 
