@@ -49,6 +49,7 @@ def bad_shapes() -> list:
                    r"\bA .*N=257.*between 1 and 256"),
         "D-length": ({"D": randn(7)}, r"\bD must have shape \(6,\)"),
         "D-rank2": ({"D": randn(6, 1)}, r"\bD must have shape \(6,\)"),
+        "D-not-a-tensor": ({"D": [1.0] * 6}, r"\bD must have shape \(6,\), got list"),
         "delta_bias-length": ({"delta_bias": randn(5)}, r"\bdelta_bias must have shape \(6,\)"),
         "delta_bias-scalar": ({"delta_bias": torch.tensor(0.5)}, r"\bdelta_bias must have shape \(6,\)"),
         "L0": ({"u": randn(2, 6, 0), "delta": randn(2, 6, 0), "z": randn(2, 6, 0), "B": randn(2, 3, 0),
@@ -116,3 +117,18 @@ def test_valid_arguments_give_their_sizes(b_mode, c_mode, groups):
     assert (shape.b_mode, shape.c_mode) == (b_mode, c_mode)
     assert (shape.b_groups, shape.c_groups) == (groups if b_mode == "grouped" else 1,
                                                 groups if c_mode == "grouped" else 1)
+
+
+def test_shared_tensor_check_names_the_dimensions_it_expects():
+    """The other ops (state update, SSD) check their tensors with the same helper: None passes, a wrong shape or
+    a non-tensor names the expected dimensions, an integer tensor the dtype."""
+    from medssm.ops._checks import check_tensor
+
+    check_tensor(None, "z", (2, 3))
+    check_tensor(torch.zeros(2, 3), "z", (2, 3), "(batch, dim)")
+    with pytest.raises(ValueError, match=r"^z must have shape \(batch, dim\) = \(2, 3\), got \(3, 2\)$"):
+        check_tensor(torch.zeros(3, 2), "z", (2, 3), "(batch, dim)")
+    with pytest.raises(ValueError, match=r"^z must have shape \(2, 3\), got int$"):
+        check_tensor(5, "z", (2, 3))
+    with pytest.raises(ValueError, match=r"^z must be a floating-point tensor"):
+        check_tensor(torch.zeros(2, 3, dtype=torch.int64), "z", (2, 3))

@@ -147,88 +147,6 @@ def test_works_in_a_forked_child_after_the_parent_used_threads():
     torch.testing.assert_close(got, expected)
 
 
-def test_transpose_tile_moves_one_tile_between_any_offsets():
-    import numpy as np
-
-    from medssm.ops import scan_cpu
-    from medssm.ops._numba_env import numba
-
-    @numba.njit
-    def move(src, src_at, src_stride, dst, dst_at, dst_stride):
-        scan_cpu._transpose_tile(src, src_at, src_stride, dst, dst_at, dst_stride)
-
-    tile = scan_cpu.TILE
-    src = np.arange(2 * 40 * 50, dtype=np.float32).reshape(2, 40, 50)
-    dst = np.zeros((30, 45), np.float32)
-    move(src, (1 * 40 + 3) * 50 + 5, 50, dst, 2 * 45 + 7, 45)  # src[1, 3:, 5:] -> dst[2:, 7:], transposed
-    expected = np.zeros_like(dst)
-    expected[2:2 + tile, 7:7 + tile] = src[1, 3:3 + tile, 5:5 + tile].T
-    np.testing.assert_array_equal(dst, expected)  # everything outside the tile untouched
-
-
-@pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("offset", [0, 16, 5])  # 0 and 16 floats: whole tiles go out as streaming stores
-def test_store_lanes_writes_the_same_with_and_without_streaming_stores(channels_last, offset):
-    """_store_lanes uses non-temporal stores only where every row of a tile is 64-byte aligned."""
-    import numpy as np
-
-    from medssm.ops import scan_cpu
-
-    lanes, steps, dim, seqlen = scan_cpu.LANES, scan_cpu.TILE, 48, 64  # strides of 48 or 64 floats: aligned rows
-    src = np.random.default_rng(0).random((steps, lanes), dtype=np.float32)
-    buf = np.zeros(dim * seqlen + 64, np.float32)
-    base = (-buf.ctypes.data // 4) % 16  # the first 64-byte aligned element of buf
-    flat = buf[base:]
-    s_c, s_t = (1, dim) if channels_last else (seqlen, 1)
-    nl = 35 - 32 if offset == 5 else lanes  # a ragged block too: 3 lanes, all element by element
-    scan_cpu._store_lanes(src, flat, offset, s_c, s_t, nl, steps)
-    expected = np.zeros_like(flat)
-    for lane in range(nl):
-        for j in range(steps):
-            expected[offset + lane * s_c + j * s_t] = src[j, lane]
-    np.testing.assert_array_equal(flat, expected)
-
-
-@pytest.mark.parametrize("product", [False, True])
-@pytest.mark.parametrize("wide", [True, False])
-def test_add_row_sums_adds_each_rows_lane_sum_and_nothing_else(product, wide):
-    """The backward's B/C gradient sums: TILE rows of LANES (or, in its narrow blocks, TILE) lanes, or of the
-    products of two such rows, any row stride and offsets."""
-    import numpy as np
-
-    from medssm.ops import scan_cpu
-    from medssm.ops._numba_env import numba
-
-    @numba.njit
-    def add_row_sums(src, src_at, src_stride, dst, dst_at):
-        if wide:
-            scan_cpu._add_row_sums(src, src_at, src_stride, dst, dst_at)
-        else:
-            scan_cpu._add_tile_row_sums(src, src_at, src_stride, dst, dst_at)
-
-    @numba.njit
-    def add_row_product_sums(src, src_at, other_at, src_stride, dst, dst_at):
-        if wide:
-            scan_cpu._add_row_product_sums(src, src_at, other_at, src_stride, dst, dst_at)
-        else:
-            scan_cpu._add_tile_row_product_sums(src, src_at, other_at, src_stride, dst, dst_at)
-
-    lanes = scan_cpu.LANES if wide else scan_cpu.TILE
-    rows, stride, at, other = scan_cpu.TILE, scan_cpu.LANES + 9, 7, 3
-    rng = np.random.default_rng(0)
-    src = rng.integers(-50, 50, (rows * stride + at,)).astype(np.float32)  # integers: every sum is exact
-    dst = rng.integers(-50, 50, (2, 30)).astype(np.float32)
-    expected = dst.copy()
-    row = [src[at + i * stride:at + i * stride + lanes] for i in range(rows)]
-    if product:
-        row = [r * src[other + i * stride:other + i * stride + lanes] for i, r in enumerate(row)]
-        add_row_product_sums(src, at, other, stride, dst, 30 + 3)
-    else:
-        add_row_sums(src, at, stride, dst, 30 + 3)
-    expected[1, 3:3 + rows] += [r.sum() for r in row]
-    np.testing.assert_array_equal(dst, expected)
-
-
 def test_transposed_inputs_are_read_in_place_and_match_contiguous_copies():
     """Mamba's delta and z are (b, L, d) tensors seen as (b, d, L): the kernels read them without a copy."""
     from medssm.ops import scan_cpu
@@ -236,8 +154,8 @@ def test_transposed_inputs_are_read_in_place_and_match_contiguous_copies():
     x = mamba_like(2, 40, 4, 37)
     laid_out = {k: x[k].transpose(1, 2).contiguous().transpose(1, 2) for k in ("u", "delta", "z")}
     assert all(t.stride(1) == 1 for t in laid_out.values())
-    plan = scan_cpu._Plan(laid_out["u"], laid_out["delta"], x["A"], x["B"], x["C"], x["D"], laid_out["z"],
-                          x["delta_bias"], True)
+    plan = scan_cpu.ScanPlan(laid_out["u"], laid_out["delta"], x["A"], x["B"], x["C"], x["D"], laid_out["z"],
+                             x["delta_bias"], True)
     assert plan.args[0].ctypes.data == laid_out["u"].data_ptr()  # a view, not a copy
     leaves = [{k: v.detach().clone().requires_grad_(True) for k, v in d.items()} for d in (x, {**x, **laid_out})]
     grad = torch.randn(2, 40, 37)
@@ -268,9 +186,9 @@ def test_mixed_layouts_keep_each_gradient_in_its_input_layout():
 
 @pytest.mark.parametrize(("dim", "threads", "width"), [(96, 2, 16), (192, 2, 32), (48, 2, 32), (96, 1, 32), (4, 2, 16)])
 def test_blocks_narrow_only_when_that_balances_the_threads(dim, threads, width):
-    from medssm.ops import scan_cpu
+    from medssm.ops.cpu.workers import block_width
 
-    assert scan_cpu._block_width(1, dim, dim, threads) == width
+    assert block_width(1, dim, dim, threads) == width
 
 
 @pytest.mark.parametrize("name", ["u", "delta", "z"])
@@ -294,10 +212,11 @@ def test_gradients_match_the_reference_around_segment_and_tile_edges(channels_la
     step: lengths just below, at and past a segment, and a partial segment with whole tiles and a remainder;
     with the blocks of either width (each its own compiled kernel)."""
     from medssm.ops import scan_cpu
+    from medssm.ops.cpu.sizes import LANES, SEGMENT, TILE
 
-    assert width in (scan_cpu.LANES, scan_cpu.TILE)
-    monkeypatch.setattr(scan_cpu, "_block_width", lambda *args: width)
-    seg, tile = scan_cpu.SEGMENT, scan_cpu.TILE
+    assert width in (LANES, TILE)
+    monkeypatch.setattr(scan_cpu, "block_width", lambda *args: width)
+    seg, tile = SEGMENT, TILE
     for seqlen in (seg - 1, seg, seg + 1, 2 * seg + tile + 3):
         x = mamba_like(1, dim, 4, seqlen, seed=seqlen)  # a whole 32-lane block and a narrower one
         if channels_last:

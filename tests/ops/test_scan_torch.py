@@ -20,7 +20,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from medssm.ops.scan_reference import selective_scan_reference
-from medssm.ops.scan_torch import _BLOCK, _from_steps, _plan, _to_steps, selective_scan_torch
+from medssm.ops.scan_torch import selective_scan_torch
+from medssm.ops.scan_torch_layout import BLOCK, chunk_plan, from_steps, to_steps
 from medssm.ops.selective_scan import selective_scan
 
 # mamba_ssm's tolerances (tests/ops/test_selective_scan.py): output rtol/atol per input dtype; gradients of
@@ -163,25 +164,25 @@ def test_step_layout_round_trips_with_the_per_matrix_transpose(padded):
     wide = torch.randn(2, 3, 40, 150)
     x = wide[..., 7:107] if not padded else wide[..., :99]
     T = 25 if not padded else 20
-    steps = _to_steps(x, T, -(-x.shape[-1] // T))
+    steps = to_steps(x, T, -(-x.shape[-1] // T))
     expected = x.transpose(-1, -2)
     rows = steps.transpose(1, 2).reshape(2, 3, -1, 40)  # (b, nc, X, T, Y) -> (b, X, nc * T, Y)
     assert torch.equal(rows[:, :, :x.shape[-1]], expected)
     assert not rows[:, :, x.shape[-1]:].any()  # zero padding
-    assert torch.equal(_from_steps(steps, x.shape[-1]), x)
+    assert torch.equal(from_steps(steps, x.shape[-1]), x)
 
 
 @pytest.mark.parametrize("batch,dim,d_state,seqlen", [(1, 192, 16, 1024), (1, 192, 16, 4096), (2, 384, 16, 4096),
                                                       (1, 96, 16, 16384), (1, 32, 64, 4096), (8, 1536, 16, 1000),
                                                       (1, 4, 16, 10**6), (1, 8, 4, 1)])
 def test_default_chunks_on_cpu_fit_the_cache_and_keep_few_states(batch, dim, d_state, seqlen):
-    T, nc = _plan(seqlen, None, d_state, batch * dim * d_state)
-    assert nc == -(-seqlen // T) and (T == seqlen or T % _BLOCK == 0)
+    T, nc = chunk_plan(seqlen, None, d_state, batch * dim * d_state)
+    assert nc == -(-seqlen // T) and (T == seqlen or T % BLOCK == 0)
     assert nc == 1 or nc * d_state <= seqlen / 4  # chunk-start states: at most a quarter of the output
     assert nc == 1 or batch * nc * dim * d_state <= 2 * 96 * 1024  # a step's slab stays about cache-sized
     assert T == seqlen or T <= 4 * max(32, 4 * d_state, seqlen * batch * dim * d_state / (48 * 1024))
-    off_cpu = min(seqlen, max(256, _BLOCK * round(2 * seqlen**0.5 / _BLOCK)))  # ~2 sqrt(L), at least 256
-    assert _plan(seqlen, None, d_state) == (off_cpu, -(-seqlen // off_cpu))
+    off_cpu = min(seqlen, max(256, BLOCK * round(2 * seqlen**0.5 / BLOCK)))  # ~2 sqrt(L), at least 256
+    assert chunk_plan(seqlen, None, d_state) == (off_cpu, -(-seqlen // off_cpu))
 
 
 @pytest.mark.parametrize("seqlen", [100, 1000])
@@ -390,6 +391,6 @@ def test_memory_no_full_volume_in_forward_or_backward(d_state):
     # Plus the backward's few live blocks of k steps (k * batch * nc * d * N floats each; on CPU nc aims at
     # ~96 K floats per step, so they are a few MB at most, whatever the problem size). Measured 20.5 units
     # at N = 16 and 32.4 at N = 64 (the reference loop: 151 units at N = 16).
-    _, nc = _plan(L, None, d_state, batch * dim * d_state)
-    block = _BLOCK * batch * nc * dim * d_state * 4
+    _, nc = chunk_plan(L, None, d_state, batch * dim * d_state)
+    block = BLOCK * batch * nc * dim * d_state * 4
     assert tracker.peak <= 12 * unit + 0.3 * volume + 5 * block

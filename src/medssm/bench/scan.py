@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import malloc_note, openmp_spin_note
+from ..engine.files import atomic_path, write_text_atomic
 from ..ops import available_backends, selective_scan
 
 DEFAULT_SHAPES = ((1, 192, 16, 1024), (1, 192, 16, 4096), (2, 384, 16, 4096), (1, 96, 16, 16384))
@@ -57,7 +58,8 @@ def make_inputs(batch: int, dim: int, d_state: int, seqlen: int, seed: int = 0) 
     }
 
 
-def _scan_call(backend: str, x: dict[str, torch.Tensor]) -> torch.Tensor:
+def scan_call(backend: str, x: dict[str, torch.Tensor]) -> torch.Tensor:
+    """selective_scan with ``backend`` on :func:`make_inputs`' tensors, as Mamba calls it."""
     return selective_scan(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], z=x["z"],
                           delta_bias=x["delta_bias"], delta_softplus=True, backend=backend)
 
@@ -107,8 +109,9 @@ def median_time(fn: Callable[[], object], repeats: int, warmup_s: float = 0.2) -
     return statistics.median(times)
 
 
-def _forward_backward(call: Callable[[dict], torch.Tensor], x: dict[str, torch.Tensor],
-                      names: tuple[str, ...]) -> Callable[[], None]:
+def forward_backward(call: Callable[[dict], torch.Tensor], x: dict[str, torch.Tensor],
+                     names: tuple[str, ...]) -> Callable[[], None]:
+    """A function running ``call`` forward and backward on leaf copies of ``x`` (gradients for ``names``)."""
     leaves = {k: v.detach().clone().requires_grad_(k in names) for k, v in x.items()}
     grad = torch.randn_like(call(x))
 
@@ -194,7 +197,7 @@ _NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "u_bld", "delta_b
 def _call_for(backend: str, x: dict[str, torch.Tensor]) -> tuple[Callable[[dict], torch.Tensor], dict]:
     if backend == "mambapy":
         return _mambapy_call, _with_mambapy_layout(x)
-    return (lambda v: _scan_call(backend, v)), x
+    return (lambda v: scan_call(backend, v)), x
 
 
 def memory_child(backend: str, shape: tuple[int, int, int, int], threads: int) -> dict[str, float]:
@@ -204,7 +207,7 @@ def memory_child(backend: str, shape: tuple[int, int, int, int], threads: int) -
     with torch.no_grad():
         call(x)  # load kernels outside the measurement
         fwd = peak_extra_memory(lambda: call(x))
-    run = _forward_backward(call, x, _NAMES)
+    run = forward_backward(call, x, _NAMES)
     run()
     fwd_bwd = peak_extra_memory(run)
     return {"forward_mb": fwd / 2**20, "forward_backward_mb": fwd_bwd / 2**20}
@@ -225,9 +228,9 @@ def measure_memory(backend: str, shape: tuple[int, int, int, int], threads: int)
 
 def numba_compile_times() -> dict[str, float]:
     """First-call time of the cpu backend (forward + backward) in fresh processes: cold and warm cache."""
-    code = ("import time, torch; from medssm.bench.scan import make_inputs, _scan_call, _forward_backward;"
+    code = ("import time, torch; from medssm.bench.scan import make_inputs, scan_call, forward_backward;"
             "x = make_inputs(1, 16, 16, 64); t = time.perf_counter();"
-            "_forward_backward(lambda v: _scan_call('cpu', v), x, ('u',))(); print(time.perf_counter() - t)")
+            "forward_backward(lambda v: scan_call('cpu', v), x, ('u',))(); print(time.perf_counter() - t)")
     result = {}
     with tempfile.TemporaryDirectory() as cold:
         for label in ("cold_cache_s", "warm_cache_s"):  # the first run fills the cache the second loads
@@ -255,7 +258,7 @@ def cpu_split(shape: tuple[int, int, int, int], repeats: int) -> dict[str, float
     from ..ops import scan_cpu
 
     x = make_inputs(*shape)
-    plan = scan_cpu._Plan(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"], True)
+    plan = scan_cpu.ScanPlan(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"], True)
     gout = torch.randn_like(x["u"])
     _, _, saved = scan_cpu.scan_forward(plan, save=True)
 
@@ -271,7 +274,7 @@ def cpu_split(shape: tuple[int, int, int, int], repeats: int) -> dict[str, float
         scan_cpu.scan_forward(plan, save=False)
         cold.append(time.perf_counter() - start)
     with torch.no_grad():
-        api_fwd = median_time(lambda: _scan_call("cpu", x), repeats)
+        api_fwd = median_time(lambda: scan_call("cpu", x), repeats)
     times = {
         "kernel_forward": median_time(lambda: scan_cpu.scan_forward(plan, save=False), repeats),
         "kernel_forward_cold": statistics.median(cold),
@@ -279,7 +282,7 @@ def cpu_split(shape: tuple[int, int, int, int], repeats: int) -> dict[str, float
         "kernel_backward": median_time(lambda: scan_cpu.scan_backward(plan, saved, gout), repeats),
         "kernels_in_sequence": median_time(in_sequence, repeats),
         "api_forward": api_fwd,
-        "api_forward_backward": median_time(_forward_backward(lambda v: _scan_call("cpu", v), x, _NAMES), repeats),
+        "api_forward_backward": median_time(forward_backward(lambda v: scan_call("cpu", v), x, _NAMES), repeats),
     }
     return {k: v * 1e3 for k, v in times.items()}
 
@@ -325,7 +328,7 @@ def bench_shape(shape: tuple[int, int, int, int], backends: list[str], repeats: 
         with torch.no_grad():
             row.forward_s = median_time(lambda c=call, v=xm: c(v), n)
         if backward:
-            row.forward_backward_s = median_time(_forward_backward(call, xm, _NAMES), n)
+            row.forward_backward_s = median_time(forward_backward(call, xm, _NAMES), n)
         if memory and memory_supported():
             mem = measure_memory(backend, shape, torch.get_num_threads())
             row.peak_extra_forward_mb = mem["forward_mb"]
@@ -402,7 +405,7 @@ def run(shapes=DEFAULT_SHAPES, backends: list[str] | None = None, repeats: int =
         print("\n" + "\n".join(splits))
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write(out_dir / "scan.json", json.dumps(report, indent=2))
+        write_text_atomic(out_dir / "scan.json", json.dumps(report, indent=2))
         plot_scaling(scaling_rows or rows, out_dir / "scan_vs_length.png")
         print(f"\nwrote {out_dir / 'scan.json'} and {out_dir / 'scan_vs_length.png'}")
     return report
@@ -459,13 +462,6 @@ def plot_scaling(rows: list[Row], path: Path) -> None:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
-    os.replace(tmp, path)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -1,7 +1,7 @@
-"""Argument checks shared by the selective-scan backends.
+"""Argument checks shared by the ops.
 
-Every public op validates its inputs here once, so that each backend can assume well-formed tensors and
-users get an error that names the argument and the shape that was expected.
+Every public op validates its inputs once, with these helpers, so that each backend can assume well-formed
+tensors and users get an error that names the argument and the shape that was expected.
 """
 
 from __future__ import annotations
@@ -27,30 +27,43 @@ class ScanShape:
     c_groups: int
 
 
-def _expect(t: torch.Tensor | None, name: str, shape: tuple[int, ...], device: torch.device) -> None:
-    if t is None:
-        return
-    if not isinstance(t, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor of shape {shape}, got {type(t).__name__}")
-    if tuple(t.shape) != shape:
-        raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
-    _real_on(t, name, device)
+def shape_or_type(t: object) -> tuple[int, ...] | str:
+    """What an error message says an argument was: its shape, or its type's name when it is not a tensor."""
+    return tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
 
 
-def _real_on(t: torch.Tensor, name: str, device: torch.device) -> None:
+def shape_error(name: str, shape: tuple, t: object, text: str | None = None) -> ValueError:
+    """The error for argument ``name`` not having ``shape``, described as ``text = shape`` when given."""
+    expected = f"{text} = {shape}" if text else f"{shape}"
+    return ValueError(f"{name} must have shape {expected}, got {shape_or_type(t)}")
+
+
+def check_real(t: torch.Tensor, name: str, device: torch.device | None = None) -> None:
+    """``t`` must be a real floating-point tensor, and on ``device`` (u's) when that is given."""
     if t.is_complex():
         raise ValueError(f"{name} must be real (complex SSMs are not supported), got dtype {t.dtype}")
     if not t.is_floating_point():
         raise ValueError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
-    if t.device != device:
+    if device is not None and t.device != device:
         raise ValueError(f"{name} is on {t.device} but u is on {device}: all tensors must share one device")
+
+
+def check_tensor(t: object, name: str, shape: tuple[int, ...], text: str | None = None,
+                 device: torch.device | None = None) -> None:
+    """An optional tensor argument: None passes, anything else must be a real floating-point tensor of exactly
+    ``shape`` (on ``device`` when given). ``text`` names the dimensions in the error, e.g. "(batch, dim)"."""
+    if t is None:
+        return
+    if not isinstance(t, torch.Tensor) or tuple(t.shape) != shape:
+        raise shape_error(name, shape, t, text)
+    check_real(t, name, device)
 
 
 def _bc_mode(t: torch.Tensor, name: str, batch: int, dim: int, d_state: int, seqlen: int,
              device: torch.device) -> tuple[str, int]:
     if not isinstance(t, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    _real_on(t, name, device)
+    check_real(t, name, device)
     shape = tuple(t.shape)
     expected = f"({dim}, {d_state}) fixed, ({batch}, {d_state}, {seqlen}) selective or " \
                f"({batch}, G, {d_state}, {seqlen}) grouped"
@@ -75,29 +88,26 @@ def _bc_mode(t: torch.Tensor, name: str, batch: int, dim: int, d_state: int, seq
 def check_scan_args(u, delta, A, B, C, D=None, z=None, delta_bias=None) -> ScanShape:
     """Validate selective_scan's arguments and return their sizes. Raises ValueError naming the argument."""
     if not isinstance(u, torch.Tensor) or u.dim() != 3:
-        got = tuple(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__
-        raise ValueError(f"u must be a tensor of shape (batch, d, L), got {got}")
+        raise ValueError(f"u must be a tensor of shape (batch, d, L), got {shape_or_type(u)}")
     batch, dim, seqlen = u.shape
     device = u.device
-    _real_on(u, "u", device)
+    check_real(u, "u", device)
     if seqlen < 1:
         raise ValueError(f"u must have a sequence length L >= 1, got shape {tuple(u.shape)}")
     if not isinstance(delta, torch.Tensor) or delta.dim() != 3:
-        got = tuple(delta.shape) if isinstance(delta, torch.Tensor) else type(delta).__name__
-        raise ValueError(f"delta must have shape ({batch}, {dim}, {seqlen}) like u, got {got}")
+        raise ValueError(f"delta must have shape ({batch}, {dim}, {seqlen}) like u, got {shape_or_type(delta)}")
     if delta.shape[2] != seqlen:
         raise ValueError(f"delta has sequence length {delta.shape[2]} but u has L={seqlen}")
-    _expect(delta, "delta", (batch, dim, seqlen), device)
+    check_tensor(delta, "delta", (batch, dim, seqlen), device=device)
     if not isinstance(A, torch.Tensor) or A.dim() != 2 or A.shape[0] != dim:
-        got = tuple(A.shape) if isinstance(A, torch.Tensor) else type(A).__name__
-        raise ValueError(f"A must have shape (d, N) = ({dim}, N), got {got}")
-    _real_on(A, "A", device)
+        raise ValueError(f"A must have shape (d, N) = ({dim}, N), got {shape_or_type(A)}")
+    check_real(A, "A", device)
     d_state = A.shape[1]
     if not 1 <= d_state <= MAX_D_STATE:
         raise ValueError(f"A has d_state N={d_state}; N must be between 1 and {MAX_D_STATE}")
     b_mode, b_groups = _bc_mode(B, "B", batch, dim, d_state, seqlen, device)
     c_mode, c_groups = _bc_mode(C, "C", batch, dim, d_state, seqlen, device)
-    _expect(D, "D", (dim,), device)
-    _expect(z, "z", (batch, dim, seqlen), device)
-    _expect(delta_bias, "delta_bias", (dim,), device)
+    check_tensor(D, "D", (dim,), device=device)
+    check_tensor(z, "z", (batch, dim, seqlen), device=device)
+    check_tensor(delta_bias, "delta_bias", (dim,), device=device)
     return ScanShape(batch, dim, d_state, seqlen, b_mode, c_mode, b_groups, c_groups)

@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .selective_scan import _numba_available
+from ._checks import shape_or_type
+from .selective_scan import numba_available
 
 ACTIVATIONS = (None, "silu", "swish")
 BACKENDS = ("torch", "cpu")
@@ -27,14 +28,12 @@ def _check_activation(activation: str | None) -> None:
 
 def _check_weight_bias(weight: torch.Tensor, bias: torch.Tensor | None, dim: int) -> int:
     if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or weight.shape[0] != dim:
-        got = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
-        raise ValueError(f"weight must have shape (dim, width) = ({dim}, width), got {got}")
+        raise ValueError(f"weight must have shape (dim, width) = ({dim}, width), got {shape_or_type(weight)}")
     width = weight.shape[1]
     if width < 1:
         raise ValueError(f"weight must have at least one tap (width >= 1), got shape {tuple(weight.shape)}")
     if bias is not None and (not isinstance(bias, torch.Tensor) or tuple(bias.shape) != (dim,)):
-        got = tuple(bias.shape) if isinstance(bias, torch.Tensor) else type(bias).__name__
-        raise ValueError(f"bias must have shape (dim,) = ({dim},), got {got}")
+        raise ValueError(f"bias must have shape (dim,) = ({dim},), got {shape_or_type(bias)}")
     return width
 
 
@@ -46,7 +45,7 @@ MAX_CPU_WIDTH = 4  # the "cpu" kernels' taps, as the causal_conv1d package's CUD
 
 
 def _conv_backend(backend: str, device: torch.device, width: int) -> str:
-    numba = _numba_available()
+    numba = numba_available()
     if backend == "auto":
         return "cpu" if device.type == "cpu" and numba and width <= MAX_CPU_WIDTH else "torch"
     if backend not in BACKENDS:
@@ -81,8 +80,7 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     """
     _check_activation(activation)
     if not isinstance(x, torch.Tensor) or x.dim() != 3:
-        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"x must have shape (batch, dim, L), got {got}")
+        raise ValueError(f"x must have shape (batch, dim, L), got {shape_or_type(x)}")
     dim = x.shape[1]
     width = _check_weight_bias(weight, bias, dim)
     if _conv_backend(backend, x.device, width) == "cpu":
@@ -108,15 +106,13 @@ def causal_conv1d_update(x: torch.Tensor, conv_state: torch.Tensor, weight: torc
     """
     _check_activation(activation)
     if not isinstance(x, torch.Tensor) or x.dim() not in (2, 3):
-        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"x must have shape (batch, dim) or (batch, dim, L), got {got}")
+        raise ValueError(f"x must have shape (batch, dim) or (batch, dim, L), got {shape_or_type(x)}")
     batch, dim = x.shape[:2]
     width = _check_weight_bias(weight, bias, dim)
     if (not isinstance(conv_state, torch.Tensor) or conv_state.dim() != 3
             or tuple(conv_state.shape[:2]) != (batch, dim) or conv_state.shape[2] < width - 1):
-        got = tuple(conv_state.shape) if isinstance(conv_state, torch.Tensor) else type(conv_state).__name__
         raise ValueError(f"conv_state must have shape (batch, dim, state_len) = ({batch}, {dim}, state_len) "
-                         f"with state_len >= width - 1 = {width - 1}, got {got}")
+                         f"with state_len >= width - 1 = {width - 1}, got {shape_or_type(conv_state)}")
     squeeze = x.dim() == 2
     x_new = x.unsqueeze(-1) if squeeze else x
     seqlen, state_len = x_new.shape[-1], conv_state.shape[-1]

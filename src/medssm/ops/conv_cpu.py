@@ -20,17 +20,14 @@ import functools
 import numpy as np
 import torch
 
-from ._numba_env import numba
-from .scan_cpu import _ONE, _ZERO, _run_jobs, _sigmoid, _workers
+from .cpu.simd import ONE, ZERO, njit_inline, njit_kernel, sigmoid
+from .cpu.workers import run_jobs, worker_count
 
 T_BLOCK = 64  # steps per job
 MAX_WIDTH = 4  # as the causal_conv1d package's kernels: weights are padded on the left to 4 taps
 
-_kernel = numba.njit(cache=True, fastmath=True, nogil=True, error_model="numpy")
-_jit = numba.njit(cache=True, fastmath=True, inline="always", error_model="numpy")
 
-
-@_jit
+@njit_inline
 def _pre_activation(x, b, t, w4, bias, pre):
     """pre[c] = bias[c] + sum_k w4[k, c] * x[b, t - 3 + k, c] (x = 0 before step 0): all four taps in one
     pass over the channels once t >= 3."""
@@ -47,7 +44,7 @@ def _pre_activation(x, b, t, w4, bias, pre):
                 pre[c] += w4[k, c] * x[b, t - 3 + k, c]
 
 
-@_kernel
+@njit_kernel
 def _conv_fwd(job_lo, job_hi, x, w4, bias, silu, n_blocks, out):
     """out[b, t, c] = act(bias[c] + sum_k w4[k, c] * x[b, t - 3 + k, c]) for jobs [job_lo, job_hi).
     x: (batch, L, row >= dim) channels last, C-contiguous (only the first dim channels are read); w4: (4, dim)
@@ -61,13 +58,13 @@ def _conv_fwd(job_lo, job_hi, x, w4, bias, silu, n_blocks, out):
             _pre_activation(x, b, t, w4, bias, pre)
             if silu:
                 for c in range(dim):
-                    out[b, t, c] = pre[c] * _sigmoid(pre[c])
+                    out[b, t, c] = pre[c] * sigmoid(pre[c])
             else:
                 for c in range(dim):
                     out[b, t, c] = pre[c]
 
 
-@_kernel
+@njit_kernel
 def _conv_bwd(job_lo, job_hi, tid, x, w4, bias, silu, n_blocks, g, dx, dw_part, db_part):
     """Gradients for jobs [job_lo, job_hi) on worker ``tid``: dx (batch, L, dim), and worker ``tid``'s partial
     sums dw_part[tid] (4, dim) and db_part[tid] (dim,). x and w4 as in _conv_fwd; g: the output gradient,
@@ -84,14 +81,14 @@ def _conv_bwd(job_lo, job_hi, tid, x, w4, bias, silu, n_blocks, g, dx, dw_part, 
             if silu:
                 _pre_activation(x, b, t, w4, bias, pre)
                 for c in range(dim):
-                    sg = _sigmoid(pre[c])
-                    gp[t - t0, c] = g[b, t, c] * sg * (_ONE + pre[c] * (_ONE - sg))
+                    sg = sigmoid(pre[c])
+                    gp[t - t0, c] = g[b, t, c] * sg * (ONE + pre[c] * (ONE - sg))
             else:
                 for c in range(dim):
                     gp[t - t0, c] = g[b, t, c]
         for t in range(t_end, t1 + MAX_WIDTH - 1):  # past the sequence's end: no gradient
             for c in range(dim):
-                gp[t - t0, c] = _ZERO
+                gp[t - t0, c] = ZERO
         for t in range(t0, t1):  # weight and bias: each output step's own terms
             i = t - t0
             if t >= MAX_WIDTH - 1:
@@ -156,7 +153,7 @@ class _CausalConv1dCPU(torch.autograd.Function):
         bias_np = np.zeros(dim, np.float32) if bias is None else bias.detach().float().numpy()
         out = torch.empty(batch, seqlen, dim)
         n_jobs, n_blocks = _jobs(batch, seqlen)
-        _run_jobs(_conv_fwd, n_jobs, _workers(n_jobs), xs, w4, bias_np, silu, n_blocks, out.numpy())
+        run_jobs(_conv_fwd, n_jobs, worker_count(n_jobs), xs, w4, bias_np, silu, n_blocks, out.numpy())
         ctx.save_for_backward(x, weight, bias)
         ctx.silu = silu
         ctx.set_materialize_grads(False)
@@ -172,11 +169,11 @@ class _CausalConv1dCPU(torch.autograd.Function):
         w4 = _taps(weight)
         bias_np = np.zeros(dim, np.float32) if bias is None else bias.detach().float().numpy()
         n_jobs, n_blocks = _jobs(batch, seqlen)
-        workers = _workers(n_jobs)
+        workers = worker_count(n_jobs)
         dx = torch.empty(batch, seqlen, dim)
         dw_part = np.zeros((workers, MAX_WIDTH, dim), np.float32)
         db_part = np.zeros((workers, dim), np.float32)
-        _run_jobs(_conv_bwd, n_jobs, workers, xs, w4, bias_np, ctx.silu, n_blocks, gs, dx.numpy(), dw_part,
+        run_jobs(_conv_bwd, n_jobs, workers, xs, w4, bias_np, ctx.silu, n_blocks, gs, dx.numpy(), dw_part,
                   db_part, with_tid=True)
         width = weight.shape[1]
         dw = torch.from_numpy(functools.reduce(np.add, dw_part)[MAX_WIDTH - width:].T.copy()).to(weight.dtype)

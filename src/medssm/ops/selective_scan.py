@@ -49,7 +49,8 @@ def count_scan_flops() -> Iterator[ScanFlops]:
         _flop_counters.remove(counter)
 
 
-def _numba_available() -> bool:
+def numba_available() -> bool:
+    """Whether numba is installed, which the "cpu" backends of the scan and the causal conv need."""
     return importlib.util.find_spec("numba") is not None
 
 
@@ -57,7 +58,7 @@ def available_backends(device: str | torch.device = "cpu") -> list[str]:
     """Backends that can run on ``device``, fastest first (the first is what ``"auto"`` picks)."""
     device = torch.device(device)
     names = []
-    if device.type == "cpu" and _numba_available():
+    if device.type == "cpu" and numba_available():
         names.append("cpu")
     names += ["torch", "reference"]
     return names

@@ -23,47 +23,36 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ._checks import check_real, check_tensor, shape_error, shape_or_type
+
 NO_LIMIT = (0.0, math.inf)
-
-
-def _shape_error(name: str, text: str, shape: tuple, t) -> ValueError:
-    got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-    return ValueError(f"{name} must have shape {text} = {shape}, got {got}")
 
 
 def _check_ssd_args(x, dt, A, B, C, D, z, dt_bias, initial_states) -> None:
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
-        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"x must have shape (batch, L, nheads, headdim), got {got}")
+        raise ValueError(f"x must have shape (batch, L, nheads, headdim), got {shape_or_type(x)}")
     batch, seqlen, nheads, headdim = x.shape
     if seqlen < 1:
         raise ValueError(f"x must have a sequence length L >= 1, got shape {tuple(x.shape)}")
-    if not isinstance(dt, torch.Tensor) or tuple(dt.shape) != (batch, seqlen, nheads):
-        raise _shape_error("dt", "(batch, L, nheads)", (batch, seqlen, nheads), dt)
-    if not isinstance(A, torch.Tensor) or tuple(A.shape) != (nheads,):
-        raise _shape_error("A", "(nheads,)", (nheads,), A)
+    check_real(x, "x")
+    check_tensor(dt, "dt", (batch, seqlen, nheads), "(batch, L, nheads)")
+    check_tensor(A, "A", (nheads,), "(nheads,)")
     if not isinstance(B, torch.Tensor) or B.dim() != 4 or tuple(B.shape[:2]) != (batch, seqlen):
-        raise _shape_error("B", "(batch, L, ngroups, d_state)", (batch, seqlen, "ngroups", "d_state"), B)
+        raise shape_error("B", (batch, seqlen, "ngroups", "d_state"), B, "(batch, L, ngroups, d_state)")
     ngroups, d_state = B.shape[2:]
     if ngroups < 1 or nheads % ngroups != 0:
         raise ValueError(f"B has ngroups={ngroups}, which must divide nheads={nheads}")
-    if not isinstance(C, torch.Tensor) or C.shape != B.shape:
-        raise _shape_error("C", "(batch, L, ngroups, d_state) like B", tuple(B.shape), C)
+    check_real(B, "B")
+    check_tensor(C, "C", tuple(B.shape), "(batch, L, ngroups, d_state) like B")
     d_shapes = ((nheads,), (nheads, headdim))
-    if D is not None and (not isinstance(D, torch.Tensor) or tuple(D.shape) not in d_shapes):
-        raise _shape_error("D", "(nheads,) or (nheads, headdim)", d_shapes, D)
-    if z is not None and (not isinstance(z, torch.Tensor) or z.shape != x.shape):
-        raise _shape_error("z", "(batch, L, nheads, headdim) like x", tuple(x.shape), z)
-    if dt_bias is not None and (not isinstance(dt_bias, torch.Tensor) or tuple(dt_bias.shape) != (nheads,)):
-        raise _shape_error("dt_bias", "(nheads,)", (nheads,), dt_bias)
-    state_shape = (batch, nheads, headdim, d_state)
-    if initial_states is not None and (not isinstance(initial_states, torch.Tensor)
-                                       or tuple(initial_states.shape) != state_shape):
-        raise _shape_error("initial_states", "(batch, nheads, headdim, d_state)", state_shape, initial_states)
-    for name, t in (("x", x), ("dt", dt), ("A", A), ("B", B), ("C", C), ("D", D), ("z", z),
-                    ("dt_bias", dt_bias), ("initial_states", initial_states)):
-        if t is not None and not t.is_floating_point():
-            raise ValueError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+    if D is not None:
+        if not isinstance(D, torch.Tensor) or tuple(D.shape) not in d_shapes:
+            raise shape_error("D", d_shapes, D, "(nheads,) or (nheads, headdim)")
+        check_real(D, "D")
+    check_tensor(z, "z", tuple(x.shape), "(batch, L, nheads, headdim) like x")
+    check_tensor(dt_bias, "dt_bias", (nheads,), "(nheads,)")
+    check_tensor(initial_states, "initial_states", (batch, nheads, headdim, d_state),
+                 "(batch, nheads, headdim, d_state)")
 
 
 def _prepare_dt(dt: torch.Tensor, dt_bias: torch.Tensor | None, dt_softplus: bool,

@@ -16,16 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-
-def _check(t: torch.Tensor | None, name: str, shape: tuple[int, ...], text: str) -> None:
-    if t is None:
-        return
-    if not isinstance(t, torch.Tensor):
-        raise ValueError(f"{name} must be a tensor of shape {text} = {shape}, got {type(t).__name__}")
-    if tuple(t.shape) != shape:
-        raise ValueError(f"{name} must have shape {text} = {shape}, got {tuple(t.shape)}")
-    if not t.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+from ._checks import check_tensor, shape_or_type
 
 
 def selective_state_update(state: torch.Tensor, x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor,
@@ -44,17 +35,15 @@ def selective_state_update(state: torch.Tensor, x: torch.Tensor, dt: torch.Tenso
     Computes in fp32 and returns out, shaped like x, in x's dtype.
     """
     if not isinstance(state, torch.Tensor) or state.dim() not in (3, 4):
-        got = tuple(state.shape) if isinstance(state, torch.Tensor) else type(state).__name__
         raise ValueError(f"state must have shape (batch, dim, dstate) or (batch, nheads, dim, dstate), "
-                         f"got {got}")
+                         f"got {shape_or_type(state)}")
     has_heads = state.dim() == 4
     if has_heads:
         batch, nheads, dim, dstate = state.shape
         lead, per, txt = (batch, nheads, dim), (nheads, dim), ("(batch, nheads, dim)", "(nheads, dim)")
         if not isinstance(B, torch.Tensor) or B.dim() != 3 or B.shape[0] != batch or B.shape[2] != dstate:
-            got = tuple(B.shape) if isinstance(B, torch.Tensor) else type(B).__name__
             raise ValueError(f"B must have shape (batch, ngroups, dstate) = ({batch}, ngroups, {dstate}), "
-                             f"got {got}")
+                             f"got {shape_or_type(B)}")
         ngroups = B.shape[1]
         if ngroups < 1 or nheads % ngroups != 0:
             raise ValueError(f"B has ngroups={ngroups}, which must divide nheads={nheads}")
@@ -65,14 +54,14 @@ def selective_state_update(state: torch.Tensor, x: torch.Tensor, dt: torch.Tenso
         lead, per, txt = (batch, dim), (dim,), ("(batch, dim)", "(dim,)")
         bc_shape, bc_txt = (batch, dstate), "(batch, dstate)"
         a_shape, a_txt = (dim, dstate), "(dim, dstate)"
-    _check(x, "x", lead, txt[0])
-    _check(dt, "dt", lead, txt[0])
-    _check(A, "A", a_shape, a_txt)
-    _check(B, "B", bc_shape, bc_txt)
-    _check(C, "C", bc_shape, bc_txt)
-    _check(D, "D", per, txt[1])
-    _check(z, "z", lead, txt[0])
-    _check(dt_bias, "dt_bias", per, txt[1])
+    check_tensor(x, "x", lead, txt[0])
+    check_tensor(dt, "dt", lead, txt[0])
+    check_tensor(A, "A", a_shape, a_txt)
+    check_tensor(B, "B", bc_shape, bc_txt)
+    check_tensor(C, "C", bc_shape, bc_txt)
+    check_tensor(D, "D", per, txt[1])
+    check_tensor(z, "z", lead, txt[0])
+    check_tensor(dt_bias, "dt_bias", per, txt[1])
 
     dt = dt.float()
     if dt_bias is not None:
