@@ -4,7 +4,7 @@ Importing this package imports every family module below, and each registers its
 registry itself imports no family (timm's layout). A new family file is added to the imports here.
 """
 
-from . import mini  # noqa: F401  (registers the mini_mamba_* models)
+from . import baselines, lightm_unet, mini, umamba  # noqa: F401  (each registers its models on import)
 from .registry import (
     MODEL_TASKS,
     ModelEntry,
