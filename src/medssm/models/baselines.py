@@ -3,17 +3,20 @@ train, evaluate and count them: ``unet`` (BasicUNet), ``segresnet`` (SegResNet),
 for spatial_dims 2 and 3.
 
 They take no ``route`` or ``ssm`` (they have no selective scan). Each takes any input size: MONAI's
-networks need sizes divisible by their total stride (SegResNet 8, SwinUNETR 32), so the input is zero-padded
-on the high side to that multiple and the logits are cropped back (BasicUNet pads too, to 16, although it
-copes with odd sizes itself, so that all three behave the same at the border).
+networks need sizes divisible by their total stride (BasicUNet 16, SegResNet 8, SwinUNETR 32), so the input
+is zero-padded on the high side to that multiple and the logits are cropped back; where that leaves a single
+position at an instance-normed bottleneck (BasicUNet, SwinUNETR: torch refuses to instance-normalise one
+position), the last axis gets one more multiple. The classes subclass MONAI's, so their state dicts have
+MONAI's keys and MONAI checkpoints load unchanged.
 
 - ``unet``: MONAI's BasicUNet (a 4-level U-Net, two conv-norm-act per level), features default
-  (32, 32, 64, 128, 256, 32) (MONAI's, 1.87M parameters in 2D). ``UNET_0_5M`` = (16, 16, 32, 64, 128, 16)
-  gives 0.47M in 2D, the size of the "MONAI BasicUNet of 0.5M parameters, F1 0.818 on DRIVE" anchor.
+  (32, 32, 64, 128, 256, 32) (MONAI's, 1.98M parameters in 2D). ``UNET_0_5M`` = (16, 16, 32, 64, 128, 16)
+  gives 0.50M in 2D, the size of the "MONAI BasicUNet of 0.5M parameters, F1 0.818 on DRIVE" anchor.
 - ``segresnet``: MONAI's SegResNet (Myronenko 2018, arXiv:1810.11654), init_filters 8, blocks (1, 2, 2, 4)
   / (1, 1, 1), LightM-UNet's convolutional ancestor (same skeleton, convolutions for its Mamba layers).
 - ``swin_unetr``: MONAI's SwinUNETR (Hatamizadeh et al. 2022, arXiv:2201.01266), feature_size 24 (MONAI's
-  default; the paper's 48 by argument), window 7, depths (2, 2, 2, 2).
+  default; the paper's 48 by argument), window 7, depths (2, 2, 2, 2). MONAI needs einops for it, which
+  medssm does not require: without einops, :func:`ensure_swin_rearrange` gives MONAI a permute-only stand-in.
 """
 
 from __future__ import annotations

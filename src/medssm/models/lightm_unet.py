@@ -24,18 +24,20 @@ of ``medssm.scans`` runs each RVM's Mamba (the same weights) over the route's K 
 outputs on the grid (:func:`~medssm.models.token_routes.mix_along_route`): parameters are unchanged, only the
 scan order differs; raster gives exactly the released layer.
 
-Parameter count. The paper (Table 2) reports 1.09M parameters for the 2D network (1.87M for 3D) and the
-README "1M", but the released code with the released configuration (init_filters 32, blocks (1, 2, 2, 4))
-has ~5.0M: 19 Mamba mixers, 8 of them at width 256, dominate (``LightMUNet`` as released counts 5,01x,xxx
-in 2D, which users reproduce in LightM-UNet#30). This module builds the released architecture, so it has the
-released count, not the paper's; ``tests/models/test_lightm_unet.py`` prints both and asserts the released
-one (and the share of it outside the Mamba mixers).
+Parameter count. The paper reports 1.09M parameters for its 2D network (as quoted in LightM-UNet#30) and
+the README "1M", but the released code with the released configuration (init_filters 32, blocks
+(1, 2, 2, 4) / (1, 1, 1)) has 5,011,683 in 2D (5,015,733 in 3D), which users reproduce (LightM-UNet#30:
+5.01M): its 21 Mamba mixers hold 4,277,440 of them, 8 at width 256; everything outside the mixers is 0.73M.
+This module builds the released architecture, so it has the released count, not the paper's;
+``tests/models/test_lightm_unet.py`` derives that count part by part, asserts it and prints the claim.
 
 Differences from the released code (github.com/MrBlankness/LightM-UNet, nnunetv2/nets/LightMUNet.py):
 module names are snake_case (``conv_init`` for ``convInit``; RVM layers ``rvm1``/``rvm2`` for
 ``conv1``/``conv2``); plain torch convs instead of MONAI's ``Convolution`` wrappers (no ``.conv`` in keys);
-ReLU is not in-place; any input size (padding and cropping); ``route=``, ``ssm=`` and ``scan_backend=``;
-the optional input dropout and the final head are always built the released way (``use_conv_final``).
+ReLU is not in-place; the released defaults are fixed (ReLU, GroupNorm, non-trainable upsampling, the final
+head always built: no ``act``/``norm``/``upsample_mode``/``use_conv_final`` options); fp16 inputs are not
+cast to fp32 inside the RVM layers (the mixer handles precision); any input size (padding and cropping);
+``route=``, ``ssm=`` and ``scan_backend=``.
 """
 
 from __future__ import annotations

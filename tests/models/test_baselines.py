@@ -1,0 +1,65 @@
+"""MONAI baselines (unet, segresnet, swin_unetr): any input size through padding, MONAI's networks and keys
+unchanged, the 0.5M BasicUNet option, and no route/ssm arguments."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from monai.networks.nets import BasicUNet, SegResNet, SwinUNETR
+
+from medssm.models import count_parameters, create_model
+from medssm.models.baselines import UNET_0_5M, permute_rearrange
+
+TINY = {"unet": {"features": (4, 4, 8, 8, 16, 4)}, "segresnet": {"init_filters": 8},
+        "swin_unetr": {"feature_size": 12, "depths": (1, 1, 1, 1)}}
+SIZES = {2: (9, 13), 3: (5, 7, 3)}
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_output_shape_at_odd_sizes(name, spatial_dims):
+    model = create_model(name, spatial_dims=spatial_dims, in_channels=2, out_channels=3, **TINY[name]).eval()
+    with torch.no_grad():
+        y = model(torch.randn(2, 2, *SIZES[spatial_dims]))
+    assert y.shape == (2, 3, *SIZES[spatial_dims]) and torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("name,monai_net,size", [
+    ("unet", lambda: BasicUNet(2, 1, 2, features=TINY["unet"]["features"]), (32, 48)),
+    ("segresnet", lambda: SegResNet(2, 8, 1, 2), (16, 24)),
+    ("swin_unetr", lambda: SwinUNETR(1, 2, spatial_dims=2, **TINY["swin_unetr"]), (64, 32)),
+])
+def test_monai_weights_load_and_sizes_it_accepts_give_monais_output(name, monai_net, size):
+    torch.manual_seed(0)
+    model = create_model(name, spatial_dims=2, **TINY[name]).eval()
+    reference = monai_net().eval()
+    model.load_state_dict(reference.state_dict(), strict=True)  # MONAI's keys: its checkpoints load as they are
+    x = torch.randn(1, 1, *size)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x))
+
+
+def test_parameter_counts_and_the_half_million_unet():
+    counts = {name: count_parameters(create_model(name, spatial_dims=2)) for name in TINY}
+    small = count_parameters(create_model("unet", spatial_dims=2, features=UNET_0_5M))
+    print(f"2D defaults: {counts}; unet features={UNET_0_5M}: {small:,}")
+    assert counts["unet"] == count_parameters(BasicUNet(2, 1, 2))
+    assert 0.45e6 < small < 0.55e6  # the "MONAI BasicUNet of 0.5M parameters, F1 0.818 on DRIVE" anchor
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_baselines_take_no_route_or_ssm_and_only_2d_3d(name):
+    with pytest.raises(TypeError, match=f"model '{name}'.*ssm"):
+        create_model(name, ssm=False)
+    with pytest.raises(TypeError, match=f"model '{name}'.*route"):
+        create_model(name, route="cross")
+    with pytest.raises(ValueError, match="spatial_dims"):
+        create_model(name, spatial_dims=1)
+
+
+def test_permute_rearrange_is_einops_for_axis_permutations():
+    x = torch.randn(2, 3, 4, 5, 6)
+    torch.testing.assert_close(permute_rearrange(x, "b c d h w -> b d h w c"), x.permute(0, 2, 3, 4, 1))
+    torch.testing.assert_close(permute_rearrange(x[:, :, 0], "n h w c -> n c h w"), x[:, :, 0].permute(0, 3, 1, 2))
+    with pytest.raises(ValueError, match="only axis permutations"):
+        permute_rearrange(x, "b c d h w -> b (c d) h w")
