@@ -8,7 +8,7 @@ import torch
 from monai.networks.nets import BasicUNet, SegResNet, SwinUNETR
 
 from medssm.models import count_parameters, create_model
-from medssm.models.baselines import UNET_0_5M, permute_rearrange
+from medssm.models.baselines import UNET_0_5M
 
 TINY = {"unet": {"features": (4, 4, 8, 8, 16, 4)}, "segresnet": {"init_filters": 8},
         "swin_unetr": {"feature_size": 12, "depths": (1, 1, 1, 1)}}
@@ -55,11 +55,3 @@ def test_baselines_take_no_route_or_ssm_and_only_2d_3d(name):
         create_model(name, route="cross")
     with pytest.raises(ValueError, match="spatial_dims"):
         create_model(name, spatial_dims=1)
-
-
-def test_permute_rearrange_is_einops_for_axis_permutations():
-    x = torch.randn(2, 3, 4, 5, 6)
-    torch.testing.assert_close(permute_rearrange(x, "b c d h w -> b d h w c"), x.permute(0, 2, 3, 4, 1))
-    torch.testing.assert_close(permute_rearrange(x[:, :, 0], "n h w c -> n c h w"), x[:, :, 0].permute(0, 3, 1, 2))
-    with pytest.raises(ValueError, match="only axis permutations"):
-        permute_rearrange(x, "b c d h w -> b (c d) h w")

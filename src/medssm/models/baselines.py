@@ -15,8 +15,8 @@ MONAI's keys and MONAI checkpoints load unchanged.
 - ``segresnet``: MONAI's SegResNet (Myronenko 2018, arXiv:1810.11654), init_filters 8, blocks (1, 2, 2, 4)
   / (1, 1, 1), LightM-UNet's convolutional ancestor (same skeleton, convolutions for its Mamba layers).
 - ``swin_unetr``: MONAI's SwinUNETR (Hatamizadeh et al. 2022, arXiv:2201.01266), feature_size 24 (MONAI's
-  default; the paper's 48 by argument), window 7, depths (2, 2, 2, 2). MONAI needs einops for it, which
-  medssm does not require: without einops, :func:`ensure_swin_rearrange` gives MONAI a permute-only stand-in.
+  default; the paper's 48 by argument), window 7, depths (2, 2, 2, 2) (MONAI builds it with einops, a medssm
+  dependency for that reason).
 """
 
 from __future__ import annotations
@@ -76,31 +76,11 @@ class PaddedSegResNet(PadCropMixin, SegResNet):
         self.spatial_dims_, self.multiple = spatial_dims, 2 ** (len(self.blocks_down) - 1)
 
 
-def permute_rearrange(x: torch.Tensor, pattern: str) -> torch.Tensor:
-    """``einops.rearrange`` for pure axis permutations such as "n c h w -> n h w c", the only patterns MONAI's
-    SwinUNETR uses; anything else raises ValueError."""
-    source, target = (side.split() for side in pattern.split("->"))
-    if sorted(source) != sorted(target) or len(source) != x.dim() or len(set(source)) != len(source):
-        raise ValueError(f"only axis permutations of a {x.dim()}-d tensor are supported, got {pattern!r}")
-    return x.permute(*(source.index(axis) for axis in target))
-
-
-def ensure_swin_rearrange() -> None:
-    """MONAI's SwinUNETR needs einops, an optional MONAI dependency that medssm does not require: without it,
-    give MONAI's swin_unetr module :func:`permute_rearrange` (same result for its permutation patterns)."""
-    import monai.networks.nets.swin_unetr as swin
-    from monai.utils import optional_import
-
-    if not optional_import("einops")[1]:
-        swin.rearrange = permute_rearrange
-
-
 class PaddedSwinUNETR(PadCropMixin, SwinUNETR):
     """MONAI's SwinUNETR for any input size (padded to a multiple of patch_size * 2**len(depths) = 32 by
     default, cropped back)."""
 
     def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, **kwargs) -> None:
-        ensure_swin_rearrange()
         super().__init__(in_channels, out_channels, spatial_dims=spatial_dims, **kwargs)
         self.spatial_dims_ = spatial_dims
         self.multiple = kwargs.get("patch_size", 2) * 2 ** len(kwargs.get("depths", (2, 2, 2, 2)))
