@@ -1,4 +1,5 @@
-"""medssm/__init__.py: the OpenMP spin limit (only when medssm is imported before torch) and the malloc setting."""
+"""medssm.tune_process (src/medssm/runtime.py): importing medssm leaves the process alone; the call (and the
+medssm command, which makes it before torch loads) limits the OpenMP spin and tunes malloc."""
 
 import os
 import subprocess
@@ -6,37 +7,71 @@ import sys
 
 import pytest
 
-PROBE = ("import os, sys; {first}; import medssm; "
-         "print(medssm.OPENMP_SPIN_LIMITED, os.environ.get('GOMP_SPINCOUNT'), '|', medssm.openmp_spin_note())")
+PROBE = ("import os, sys; {first}; import medssm; {call}; "
+         "print(os.environ.get('GOMP_SPINCOUNT'), '|', medssm.openmp_spin_note())")
 
 
-def _run_fresh(code: str, unset: tuple[str, ...], **env: str) -> str:
-    """stdout of ``code`` in a new interpreter, with the variables in ``unset`` (or starting with one that ends
-    in an underscore) removed from the environment and ``env`` added."""
+def _run_fresh(code: str, unset: tuple[str, ...], *args: str, **env: str) -> str:
+    """stdout of ``python -c code args...`` (or ``python -m medssm args...`` for code "-m medssm") in a new
+    interpreter, with the variables in ``unset`` (or starting with one that ends in an underscore) removed from
+    the environment and ``env`` added."""
     clean = {k: v for k, v in os.environ.items()
              if k not in unset and not any(k.startswith(u) for u in unset if u.endswith("_"))}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+    command = code.split() if code.startswith("-m ") else ["-c", code]
+    result = subprocess.run([sys.executable, *command, *args], capture_output=True, text=True,
                             env={**clean, **env}, timeout=120, check=True)
     return result.stdout.strip()
 
 
-def _probe(first: str, **env: str) -> str:
-    return _run_fresh(PROBE.format(first=first), ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY"), **env)
+def _probe(first: str, call: str, **env: str) -> str:
+    return _run_fresh(PROBE.format(first=first, call=call), ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY"), **env)
+
+
+def test_import_medssm_leaves_the_process_alone():
+    assert _run_fresh("import medssm, os; print(os.environ.get('GOMP_SPINCOUNT'))",
+                      ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")) == "None"
+    assert _probe("pass", "pass") == "None | libgomp default spin (medssm.tune_process() was not called)"
 
 
 @pytest.mark.parametrize(("first", "env", "expected"), [
-    ("pass", {}, "True 30000 | GOMP_SPINCOUNT=30000 (set by medssm)"),  # medssm first: limited
-    ("import torch", {}, "False None | libgomp default spin (torch was imported before medssm)"),
+    ("pass", {}, "True 30000 | GOMP_SPINCOUNT=30000 (set by medssm)"),  # called before torch: limited
+    ("import torch", {}, "False None | libgomp default spin (torch was imported before medssm.tune_process())"),
     ("pass", {"GOMP_SPINCOUNT": "5"}, "False 5 | GOMP_SPINCOUNT=5 (yours)"),  # the user's setting wins
     ("pass", {"OMP_WAIT_POLICY": "ACTIVE"}, "False None | OMP_WAIT_POLICY=ACTIVE (yours)"),
 ])
-def test_openmp_spin_limit_only_when_medssm_comes_first_and_unset(first, env, expected):
-    assert _probe(first, **env) == expected
+def test_openmp_spin_limit_only_when_tune_process_comes_before_torch_and_unset(first, env, expected):
+    call = "print(medssm.tune_process()['openmp'], end=' ')"
+    assert _probe(first, call, **env) == expected
+
+
+def test_tune_process_openmp_false_leaves_it_and_says_so():
+    assert _probe("pass", "medssm.tune_process(openmp=False, malloc=False)") == (
+        "None | libgomp default spin (medssm.tune_process(openmp=False))")
+
+
+ALL_SETTINGS = ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY", "MALLOC_", "GLIBC_TUNABLES", "MEDSSM_MALLOC")
+
+
+def test_the_medssm_command_tunes_the_process_before_torch_loads():
+    # The `medssm` console script imports medssm.cli and runs main(): the import must not load torch.
+    assert _run_fresh("import sys, medssm.cli; print('torch' in sys.modules)", ALL_SETTINGS) == "False"
+    out = _run_fresh("-m medssm", ALL_SETTINGS, "info")
+    assert "OpenMP: GOMP_SPINCOUNT=30000 (set by medssm)" in out
+    if sys.platform == "linux":
+        assert "malloc: mmap threshold 32 MiB, trim threshold 256 MiB (set by medssm)" in out
+    # main() itself sets it, and processes the command starts (torchrun's workers, say) inherit it.
+    child = ("import subprocess, sys; import medssm.cli as cli; "
+             "cli.cmd_info = lambda args: print(subprocess.run([sys.executable, '-c', "
+             "'import os; print(os.environ.get(\"GOMP_SPINCOUNT\"))'], capture_output=True, text=True).stdout) or 0; "
+             "cli.main(['info'])")
+    assert _run_fresh(child, ALL_SETTINGS) == "30000"
 
 
 MALLOC_PROBE = """
 import resource
+import sys
 import medssm
+tuned = medssm.tune_process(openmp=False)["malloc"] if sys.argv[1:] == ["tune"] else False
 import torch
 from medssm.ops import selective_scan
 def faults():
@@ -54,25 +89,28 @@ for _ in range(10):  # the heap settles within a few steps
 start = faults()
 for _ in range(20):
     step()
-print(medssm.MALLOC_TUNED, (faults() - start) // 20, '|', medssm.malloc_note())
+print(tuned, (faults() - start) // 20, '|', medssm.malloc_note())
 """
 
 
-def _malloc_probe(**env: str) -> tuple[str, int, str]:
+def _malloc_probe(tune: bool, **env: str) -> tuple[str, int, str]:
+    """(tuned, page faults per training step, malloc_note()) with or without ``medssm.tune_process()``."""
     tuned, faults, _, note = _run_fresh(MALLOC_PROBE, ("MALLOC_", "GLIBC_TUNABLES", "MEDSSM_MALLOC"),
-                                        **env).split(maxsplit=3)
+                                        *(["tune"] if tune else []), **env).split(maxsplit=3)
     return tuned, int(faults), note
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="glibc's mallopt")
 def test_malloc_keeps_freed_blocks_so_training_steps_fault_fewer_pages_in():
-    tuned, faults, note = _malloc_probe()
+    tuned, faults, note = _malloc_probe(tune=True)
     assert (tuned, note) == ("True", "malloc: mmap threshold 32 MiB, trim threshold 256 MiB (set by medssm)")
-    default_tuned, default_faults, default_note = _malloc_probe(MEDSSM_MALLOC="default")
-    assert (default_tuned, default_note) == ("False", "malloc: the C library's defaults")
+    bare_tuned, bare_faults, bare_note = _malloc_probe(tune=False)  # import medssm alone tunes nothing
+    assert (bare_tuned, bare_note) == ("False", "malloc: the C library's defaults")
     # measured: 0 page faults per step against 6851-7229 with glibc's adaptive thresholds (76-115 against
     # 635-2019 before the torch backend's cache-sized chunks)
-    assert 3 * faults < default_faults
+    assert 3 * faults < bare_faults
+    default_tuned, _, default_note = _malloc_probe(tune=True, MEDSSM_MALLOC="default")
+    assert (default_tuned, default_note) == ("False", "malloc: the C library's defaults")
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="glibc's mallopt")
@@ -80,5 +118,5 @@ def test_malloc_settings_of_the_user_are_left_alone():
     for env, note in ((dict(MALLOC_TRIM_THRESHOLD_="131072"), "MALLOC_TRIM_THRESHOLD_=131072"),
                       (dict(GLIBC_TUNABLES="glibc.malloc.trim_threshold=131072"),
                        "GLIBC_TUNABLES=glibc.malloc.trim_threshold=131072")):
-        tuned, _, got = _malloc_probe(**env)
+        tuned, _, got = _malloc_probe(tune=True, **env)
         assert (tuned, got) == ("False", f"malloc: {note} (yours)")

@@ -1,4 +1,8 @@
-"""The `medssm` command line."""
+"""The `medssm` command line.
+
+Nothing that imports torch is imported at module level: :func:`main` first calls :func:`medssm.tune_process`,
+whose OpenMP setting only takes effect before torch loads, so each command imports what it needs itself.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-import torch
+import medssm
 
 
 def _shape(text: str) -> tuple[int, int, int, int]:
@@ -25,7 +29,8 @@ def _shape(text: str) -> tuple[int, int, int, int]:
 
 def cmd_info(args: argparse.Namespace) -> int:
     """Versions, threads and the selective-scan backends available on each device."""
-    import medssm
+    import torch
+
     from medssm.ops import available_backends
 
     print(f"medssm {medssm.__version__}")
@@ -36,7 +41,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     try:
         import numba
 
-        import medssm.ops.scan_cpu  # noqa: F401  (sets NUMBA_CACHE_DIR when the default is not writable)
+        from medssm.ops import scan_cpu  # noqa: F401  (sets NUMBA_CACHE_DIR when the default is not writable)
 
         cache = os.environ.get("NUMBA_CACHE_DIR") or "(next to the sources)"
         print(f"numba {numba.__version__}; kernel cache {cache}")
@@ -103,7 +108,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from medssm.engine.evaluate import evaluate
-    from medssm.engine.trainer import resolve_run_checkpoint
+    from medssm.engine.setup import resolve_run_checkpoint
 
     checkpoint = resolve_run_checkpoint(args.checkpoint)
     overrides = list(args.overrides)
@@ -122,7 +127,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from medssm.engine.predict import predict_checkpoint
-    from medssm.engine.trainer import resolve_run_checkpoint
+    from medssm.engine.setup import resolve_run_checkpoint
 
     written = predict_checkpoint(resolve_run_checkpoint(args.checkpoint), args.input, args.output,
                                  probabilities=args.probabilities, overwrite=args.overwrite, tta=args.tta,
@@ -196,13 +201,22 @@ def _roi(text: str) -> list[int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The parser of every subcommand; each sets ``func``, the ``cmd_*`` function that runs it."""
     parser = argparse.ArgumentParser(prog="medssm", description="Mamba models for medical images and signals")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (e.g. backend choices)")
     sub = parser.add_subparsers(dest="command", required=True)
-
     info = sub.add_parser("info", help="versions, threads and available scan backends")
     info.set_defaults(func=cmd_info)
+    _add_bench(sub)
+    _add_train(sub)
+    _add_evaluate(sub)
+    _add_predict(sub)
+    _add_models(sub)
+    _add_demo(sub)
+    return parser
 
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser("bench", help="benchmarks")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
     scan = bench_sub.add_parser("scan", help="selective-scan backends: time, memory, machine bound")
@@ -247,6 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     omp.add_argument("--repeats", type=int, default=20)
     omp.set_defaults(func=cmd_bench_openmp)
 
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
     tr = sub.add_parser("train", help="train a model from a YAML config (torchrun for several processes)",
                         description="Train from --config (a file or a shipped name) with key=value overrides, "
                                     "e.g. `medssm train --config demo train.max_steps=50 --out runs/x`.")
@@ -258,6 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("overrides", nargs="*", help="section.key=value (YAML value), e.g. train.lr=3e-4")
     tr.set_defaults(func=cmd_train)
 
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     ev = sub.add_parser("evaluate", help="metrics, per-case table and overlays for a checkpoint on a split")
     ev.add_argument("--checkpoint", type=Path, required=True, help="run folder or checkpoint folder")
     ev.add_argument("--split", default=None, help="dataset split (default: the config's test split)")
@@ -268,6 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("overrides", nargs="*", help="config overrides, e.g. data.args.root=/data/drive")
     ev.set_defaults(func=cmd_evaluate)
 
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
     pr = sub.add_parser("predict", help="predict masks/labels for a file or a folder, written in the input format")
     pr.add_argument("--checkpoint", type=Path, required=True, help="run folder or checkpoint folder")
     pr.add_argument("--input", type=Path, required=True, help="NIfTI/DICOM/PNG file, DICOM series or folder")
@@ -278,6 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     pr.set_defaults(func=cmd_predict)
 
+
+def _add_models(sub: argparse._SubParsersAction) -> None:
     mo = sub.add_parser("models", help="registered models with parameters and FLOPs")
     mo.add_argument("pattern", nargs="?", default="*", help="shell-style name pattern")
     mo.add_argument("--task", default=None, help="segmentation, classification or restoration")
@@ -286,16 +308,19 @@ def build_parser() -> argparse.ArgumentParser:
                     help="print the table as GitHub markdown (the README's model table)")
     mo.set_defaults(func=cmd_models)
 
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
     de = sub.add_parser("demo", help="train, evaluate and predict on generated data (a few minutes on a CPU)")
     de.add_argument("--out", type=Path, default=Path("medssm-demo"), help="output folder (default: medssm-demo)")
     de.add_argument("--steps", type=int, default=None, help="training steps (default: the demo config's)")
     de.add_argument("--overwrite", action="store_true", help="replace an existing demo folder")
     de.add_argument("--no-progress", action="store_true", help="no progress bar")
     de.set_defaults(func=cmd_demo)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``medssm`` command with ``argv`` (default: sys.argv[1:]); returns the exit code."""
+    medssm.tune_process()  # before any command imports torch (see the module docstring)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")

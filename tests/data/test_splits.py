@@ -63,7 +63,7 @@ def test_split_file_errors(tmp_path):
         load_split_file(tmp_path / "nope.json")
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
-    with pytest.raises(ValueError, match="bad.json: not a JSON file"):
+    with pytest.raises(ValueError, match="bad.json: not valid JSON"):
         load_split_file(bad)
     keys = tmp_path / "keys.json"
     keys.write_text(json.dumps({"training": ["a"]}))

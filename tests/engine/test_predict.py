@@ -198,7 +198,7 @@ def test_folder_of_cases(tmp_path, caplog):
     pydicom_data = pytest.importorskip("pydicom.data")
     (cases / "series").mkdir()
     shutil.copy(pydicom_data.get_testdata_file("CT_small.dcm"), cases / "series" / "slice0")  # no extension
-    with caplog.at_level(logging.WARNING, logger="medssm.engine.predict"):
+    with caplog.at_level(logging.WARNING, logger="medssm.engine.cases"):
         assert list_cases(cases) == [cases / "a.nii.gz", cases / "b.png", cases / "series"]
     assert "notes.txt" in caplog.text and "empty" in caplog.text
     written = predict_path(cases, tmp_path / "out", threshold_fn)

@@ -135,7 +135,7 @@ def test_plot_overlays_3d_and_1d(tmp_path):
 
 def test_plot_overlays_bad_input(tmp_path):
     images, target = two_class_example()
-    with pytest.raises(ValueError, match="spatial_dims must be 1, 2 or 3"):
+    with pytest.raises(ValueError, match="spatial_dims must be one of"):
         plot_overlays(images, target, target, tmp_path / "x.png", 4)
     with pytest.raises(ValueError, match="images must be"):
         plot_overlays(images, target, target, tmp_path / "x.png", 3)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .io import RASTER_SUFFIXES, LoadedImage, _read_raster, load_image
+from .io import RASTER_SUFFIXES, LoadedImage, load_image, read_raster_pixels
 from .splits import check_split, select_cases
 
 
@@ -119,7 +119,7 @@ def read_mask(path: Path, num_classes: int, threshold: float | None = None) -> n
     """A mask file as (H, W) class indices: 0/255 -> 0/1, palette -> indices (binary palette -> 0/1 when
     ``num_classes`` is 2), anything else taken as class indices; with ``threshold``, pixel > threshold.
     Values outside 0..num_classes-1 raise ValueError naming the file and the values found."""
-    pixels, mode = _read_raster(path, lambda source: None)
+    pixels, mode = read_raster_pixels(path, lambda source: None)
     if threshold is not None:
         grey = pixels[..., :3].mean(axis=-1) if pixels.ndim == 3 else pixels
         return (grey > threshold).astype(np.int64)
@@ -149,7 +149,7 @@ def read_mask(path: Path, num_classes: int, threshold: float | None = None) -> n
 
 def read_fov(path: Path) -> np.ndarray:
     """A field-of-view mask as (H, W) uint8, 1 inside (any non-zero pixel)."""
-    pixels = _read_raster(path, lambda source: None)[0]
+    pixels = read_raster_pixels(path, lambda source: None)[0]
     if pixels.ndim == 3:
         pixels = pixels[..., :3].max(axis=-1)
     return (pixels > 0).astype(np.uint8)

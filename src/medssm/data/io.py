@@ -8,6 +8,7 @@ MONAI's ``LoadImage`` (nibabel and pydicom readers), which gives the affine in R
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import warnings
 from collections.abc import Callable
@@ -17,6 +18,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.data import NibabelReader, PydicomReader
+from monai.transforms import LoadImage
+from PIL import Image, UnidentifiedImageError
 
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".bmp")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -77,19 +81,25 @@ def load_image(path: str | Path) -> LoadedImage:
     return _load_volume(path, kind)
 
 
+def read_json(path: str | Path) -> Any:
+    """The parsed JSON file at ``path``; ValueError naming the file for text that is not valid JSON."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from error
+
+
 def read_raster(path: str | Path, mode: str | None = None) -> np.ndarray:
     """Pixels of a raster file as a NumPy array (H, W) or (H, W, C); ``mode`` converts first (e.g. "L", "RGB").
 
     Palette images are returned as palette indices unless a mode is given. Truncated or corrupt files raise
     ValueError naming the file.
     """
-    return _read_raster(Path(path), lambda source_mode: mode)[0]
+    return read_raster_pixels(Path(path), lambda source_mode: mode)[0]
 
 
-def _read_raster(path: Path, choose_mode: Callable[[str], str | None]) -> tuple[np.ndarray, str]:
+def read_raster_pixels(path: Path, choose_mode: Callable[[str], str | None]) -> tuple[np.ndarray, str]:
     """Pixels converted to ``choose_mode(source_mode)`` (None: as stored), and the source mode."""
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(path) as image:
             source_mode = image.mode
@@ -104,7 +114,7 @@ def _read_raster(path: Path, choose_mode: Callable[[str], str | None]) -> tuple[
 
 def _load_raster(path: Path) -> LoadedImage:
     # Grey stays one channel (keeping 16-bit and float depth); colour and palette images become RGB.
-    pixels, source_mode = _read_raster(
+    pixels, source_mode = read_raster_pixels(
         path, lambda source: None if source in ("L", "I", "I;16", "I;16B", "F", "1") else "RGB")
     array = pixels.astype(np.float32)
     array = array[None] if array.ndim == 2 else np.moveaxis(array, -1, 0)
@@ -124,9 +134,6 @@ def _quiet_monai_logs():
 
 
 def _load_volume(path: Path, kind: str) -> LoadedImage:
-    from monai.data import NibabelReader, PydicomReader
-    from monai.transforms import LoadImage
-
     try:
         with warnings.catch_warnings(), _quiet_monai_logs():
             warnings.simplefilter("ignore")  # reader plug-in notices (nvImageCodec) are not the user's concern

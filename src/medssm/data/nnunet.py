@@ -17,18 +17,20 @@ for prediction, not for this dataset.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 import torch
+from monai.data import MetaTensor
+from monai.transforms import Spacing
 from torch.utils.data import Dataset
 
 from .folders import to_unit_range
-from .io import NIFTI_SUFFIXES, RASTER_SUFFIXES, LoadedImage, load_image
+from .io import NIFTI_SUFFIXES, RASTER_SUFFIXES, LoadedImage, load_image, read_json
 from .splits import check_split, select_cases
 
 NNUNET_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
@@ -193,10 +195,7 @@ def _read_dataset_json(root: Path) -> dict[str, Any]:
     path = root / "dataset.json"
     if not path.is_file():
         raise FileNotFoundError(f"dataset.json not found in {root} (an nnU-Net v2 or MSD dataset folder has one)")
-    try:
-        meta = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path}: not valid JSON ({error})") from error
+    meta = read_json(path)
     if not isinstance(meta, dict):
         raise ValueError(f"{path}: expected a JSON object")
     return meta
@@ -246,9 +245,6 @@ def _read_label(case: str, path: Path, allowed: set[int], names: list[str]) -> t
 
 def _resample(image: torch.Tensor, label: torch.Tensor, affine: torch.Tensor,
               spacing: tuple[float, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    from monai.data import MetaTensor
-    from monai.transforms import Spacing
-
     image_out = Spacing(pixdim=spacing, mode="bilinear")(MetaTensor(image, affine=affine))
     label_out = Spacing(pixdim=spacing, mode="nearest")(MetaTensor(label.float(), affine=affine))
     new_affine = torch.as_tensor(np.asarray(image_out.affine), dtype=torch.float64)
@@ -259,8 +255,6 @@ def _resample(image: torch.Tensor, label: torch.Tensor, affine: torch.Tensor,
 def _spatial_dims(label: Path) -> int:
     if _is_raster(label.name):
         return 2
-    import nibabel as nib
-
     try:
         shape = nib.load(str(label)).shape  # header only; the voxels are read per item
     except Exception as error:  # nibabel raises ImageFileError, EOFError, OSError ...

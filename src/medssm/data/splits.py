@@ -7,11 +7,12 @@ of one split and get a clear error when that split is empty.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+
+from .io import read_json
 
 SPLITS = ("train", "val", "test")
 
@@ -79,10 +80,7 @@ def load_split_file(path: str | Path, fold: int | None = None) -> dict[str, list
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"split file not found: {path}")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path}: not a JSON file ({error})") from error
+    data = read_json(path)
     if isinstance(data, list):
         if fold is None:
             raise ValueError(f"{path}: holds {len(data)} folds (nnU-Net splits_final.json); "

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.data.synthetic import create_test_image_2d, create_test_image_3d
 from torch.utils.data import Dataset
 
 from .splits import check_split
@@ -58,8 +59,6 @@ class SyntheticSegmentation(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not 0 <= index < self.num_samples:
             raise IndexError(f"index {index} out of range for {self.num_samples} samples")
-        from monai.data.synthetic import create_test_image_2d, create_test_image_3d
-
         # One random stream per (seed, split, index): a stable hash of the split name, never Python's hash().
         state = np.random.RandomState(np.random.SeedSequence(
             [self.seed, zlib.crc32(self.split.encode()), index]).generate_state(1)[0])

@@ -44,7 +44,10 @@ from monai.transforms import (
     SpatialPadd,
 )
 
-TASKS = ("segmentation", "classification", "multilabel", "restoration")
+from ..conventions import DENSE_TASKS, check_spatial_dims, check_task
+
+# The tasks these presets implement (conventions.TASKS also names tasks still to come).
+TRANSFORM_TASKS = ("segmentation", "classification", "multilabel", "restoration")
 MODALITIES = ("raster", "ct", "mr", "signal")
 
 
@@ -66,7 +69,7 @@ def train_transforms(task: str, spatial_dims: int, patch_size: Sequence[int] | N
     """
     _check(task, spatial_dims, modality)
     keys = _spatial_keys(task)
-    dense = task in ("segmentation", "restoration") and spatial_dims >= 2
+    dense = task in DENSE_TASKS and spatial_dims >= 2
     flips = dense if flips is None else flips
     # A 1D signal has no plane to rotate in, so rotations=True (a config default) is a no-op there.
     rotations = (dense if rotations is None else rotations) and spatial_dims >= 2
@@ -99,16 +102,17 @@ def eval_transforms(task: str, spatial_dims: int, modality: str = "raster",
 
 
 def _check(task: str, spatial_dims: int, modality: str) -> None:
-    if task not in TASKS:
-        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-    if spatial_dims not in (1, 2, 3):
-        raise ValueError(f"spatial_dims must be 1, 2 or 3, got {spatial_dims}")
+    check_task(task)
+    if task not in TRANSFORM_TASKS:
+        raise ValueError(f"task {task!r} is not supported yet by the transform presets (they support "
+                         f"{', '.join(TRANSFORM_TASKS)})")
+    check_spatial_dims(spatial_dims)
     if modality not in MODALITIES:
         raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
 
 
 def _spatial_keys(task: str) -> list[str]:
-    return ["image", "label", "fov"] if task in ("segmentation", "restoration") else ["image", "fov"]
+    return ["image", "label", "fov"] if task in DENSE_TASKS else ["image", "fov"]
 
 
 def _intensity(task: str, modality: str, ct_window: tuple[float, float]) -> list[Any]:

@@ -27,6 +27,9 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
+from ..data.io import read_json
+from ..models import create_model
+
 MODEL_FILE = "model.safetensors"
 META_FILE = "checkpoint.json"
 STATE_FILE = "train_state.safetensors"
@@ -92,10 +95,7 @@ def _resolve(path: str | Path) -> Path:
 
 def read_meta(path: str | Path) -> dict[str, Any]:
     folder = _resolve(path)
-    try:
-        return json.loads((folder / META_FILE).read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{folder / META_FILE}: not valid JSON ({error})") from error
+    return read_json(folder / META_FILE)
 
 
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
@@ -112,8 +112,6 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", **overrides
     ``overrides`` replace constructor arguments that do not change the weights (e.g. ``scan_backend``).
     Returns (model in eval mode on ``device``, checkpoint meta).
     """
-    from ..models import create_model
-
     meta = read_meta(path)
     if "model" not in meta or "model_args" not in meta:
         raise ValueError(f"checkpoint {path}: {META_FILE} lacks 'model'/'model_args'")

@@ -13,9 +13,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
+from ..data import build_dataset
 from .config import load_config
+from .evaluate import evaluate
 from .files import atomic_path, write_text_atomic
+from .predict import predict_checkpoint
+from .trainer import train
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 PREDICT_CASES = 4
@@ -23,13 +28,6 @@ PREDICT_CASES = 4
 
 def run_demo(out: str | Path, overwrite: bool = False, steps: int | None = None, progress: bool = True) -> Path:
     """Run the demo into ``out`` and return the report path."""
-    from PIL import Image
-
-    from ..data import build_dataset
-    from .evaluate import evaluate
-    from .predict import predict_checkpoint
-    from .trainer import train
-
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         if not overwrite:

@@ -13,11 +13,15 @@ from typing import Any
 
 import torch
 
+from ..conventions import DENSE_TASKS
 from .checkpoint import load_model
 from .config import apply_overrides, config_from_dict
 from .distributed import DistInfo
 from .files import check_output
-from .trainer import build_split, evaluation_loader, roi_size
+from .inference import infer
+from .metrics import Metrics
+from .report import plot_overlays, write_metrics
+from .setup import build_split, evaluation_loader, roi_size
 
 logger = logging.getLogger(__name__)
 
@@ -27,10 +31,6 @@ def evaluate(checkpoint: str | Path, out_dir: str | Path, split: str | None = No
              device: str = "cpu") -> dict[str, float]:
     """Score ``checkpoint`` on ``split`` (default: the config's test split) and write the report to
     ``out_dir``: metrics.json, metrics.md, per_case.csv, predictions.png. Returns the metrics."""
-    from .inference import infer
-    from .metrics import Metrics
-    from .report import plot_overlays, write_metrics
-
     out_dir = Path(out_dir)
     for name in ("metrics.json", "metrics.md", "per_case.csv", "predictions.png"):
         check_output(out_dir / name, overwrite, "report file")
@@ -42,7 +42,7 @@ def evaluate(checkpoint: str | Path, out_dir: str | Path, split: str | None = No
     if dataset.task != task:
         raise ValueError(f"checkpoint {checkpoint} was trained for {task} but the {split} split is {dataset.task}")
     loader = evaluation_loader(dataset, transform, task, config.train.batch_size, DistInfo(), 0)
-    dense = task in ("segmentation", "restoration")
+    dense = task in DENSE_TASKS
     total = Metrics(task, num_classes)
     per_case: list[dict[str, Any]] = []
     examples: dict[str, list[torch.Tensor]] = {"images": [], "targets": [], "predictions": []}

@@ -12,9 +12,10 @@ from collections.abc import Sequence
 import torch
 from monai.inferers import sliding_window_inference
 
-from medssm.engine.metrics import check_task, probabilities
+from ..conventions import DENSE_TASKS
+from .metrics import METRIC_TASKS, probabilities
+from .tasks import check_supported
 
-DENSE_TASKS = ("segmentation", "restoration")
 BLEND_MODES = ("gaussian", "constant")
 
 
@@ -61,7 +62,7 @@ def infer(model: torch.nn.Module, image: torch.Tensor, task: str, roi_size: int 
         multilabel); for restoration the output image. A plain ``torch.Tensor`` (MONAI MetaTensors are
         unwrapped). The model's train/eval mode is restored afterwards.
     """
-    check_task(task)
+    check_supported(task, METRIC_TASKS, "infer")
     if not isinstance(image, torch.Tensor) or not 3 <= image.ndim <= 5:
         raise ValueError(f"image must be a tensor (B, C, *spatial) with 1 to 3 spatial dims, "
                          f"got {getattr(image, 'shape', type(image))}")

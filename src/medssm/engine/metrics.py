@@ -60,7 +60,10 @@ from monai.metrics import (
 )
 from monai.metrics.regression import compute_ssim_and_cs
 
-TASKS = ("segmentation", "classification", "multilabel", "restoration")
+from .tasks import ENGINE_TASKS, check_supported
+
+# The tasks Metrics and probabilities implement (conventions.TASKS also names tasks still to come).
+METRIC_TASKS = ENGINE_TASKS
 
 PRIMARY_METRIC = {"segmentation": "dice", "classification": "auc", "multilabel": "auc", "restoration": "psnr"}
 
@@ -81,13 +84,6 @@ HIGHER_IS_BETTER = {
 SSIM_WINDOW = 11  # MONAI's (and the SSIM paper's) Gaussian window; shrunk for smaller images.
 
 
-def check_task(task: str) -> str:
-    """Return ``task`` if it is one of ``TASKS``, else raise ValueError."""
-    if task not in TASKS:
-        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-    return task
-
-
 def higher_is_better(name: str) -> bool:
     """Whether a larger value of metric ``name`` is better; accepts ``dice_3``, ``val_dice``, ``test_hd95_1``."""
     for candidate in (name, name.split("_", 1)[-1]):  # the second drops a "val_"/"test_" prefix
@@ -106,7 +102,7 @@ def probabilities(task: str, logits: torch.Tensor) -> torch.Tensor:
     A single channel (K = 1) for segmentation/classification is a binary model's foreground logit: sigmoid
     (a softmax over one channel would be 1 everywhere).
     """
-    check_task(task)
+    check_supported(task, METRIC_TASKS, "probabilities")
     if task in ("segmentation", "classification"):
         if logits.ndim < 2:
             raise ValueError(f"logits must be (B, K, ...) for {task}, got shape {tuple(logits.shape)}")
@@ -122,7 +118,7 @@ class Metrics:
     """Accumulate per-sample values over batches; ``compute()`` reduces them (see the module docstring).
 
     Args:
-        task: one of ``TASKS``.
+        task: one of ``METRIC_TASKS``.
         num_classes: K, the number of output channels (classes incl. background for segmentation, labels
             for multilabel); for restoration the number of image channels C, or 0 to skip the check.
         hd95: also compute the 95th-percentile Hausdorff distance (segmentation; costs a distance transform
@@ -133,7 +129,7 @@ class Metrics:
 
     def __init__(self, task: str, num_classes: int, hd95: bool = True,
                  spacing: float | Sequence[float] | None = None, data_range: float = 1.0) -> None:
-        self.task = check_task(task)
+        self.task = check_supported(task, METRIC_TASKS, "Metrics")
         if task in ("segmentation", "classification") and num_classes < 2:
             raise ValueError(f"num_classes must be >= 2 for {task} (background/negative class included), "
                              f"got {num_classes}")

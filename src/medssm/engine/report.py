@@ -18,7 +18,8 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from medssm.engine.files import atomic_path, write_text_atomic
+from ..conventions import check_spatial_dims
+from .files import atomic_path, write_text_atomic
 
 # One colour per class (class 0 = background stays transparent); cycles for more than 10 classes.
 CLASS_COLOURS = np.array([
@@ -247,8 +248,7 @@ def plot_overlays(images: Any, targets: Any, predictions: Any, path: str | Path,
     Classes are filled, semi-transparent, one colour per class; the prediction panel also outlines the
     ground truth so misses and false positives stand out.
     """
-    if spatial_dims not in (1, 2, 3):
-        raise ValueError(f"spatial_dims must be 1, 2 or 3, got {spatial_dims}")
+    check_spatial_dims(spatial_dims)
     imgs = [image.astype(np.float64) for image in _items(images)]
     tgts, preds = _items(targets), _items(predictions)
     if not imgs:

@@ -1,0 +1,21 @@
+"""Which of the tasks in :mod:`medssm.conventions` a part of the engine implements, checked in one place."""
+
+from __future__ import annotations
+
+from ..conventions import check_task
+
+# The tasks the training loop, its losses, metrics and inference implement (not yet "mil" or "events").
+ENGINE_TASKS: tuple[str, ...] = ("segmentation", "classification", "multilabel", "restoration")
+
+
+def check_supported(task: str, allowed: tuple[str, ...], what: str) -> str:
+    """Return ``task`` if ``what`` (e.g. "Metrics") implements it.
+
+    Raises ValueError: conventions.check_task's "task must be one of ..." for a name that is no task at all,
+    and "task 'mil' is not supported yet by Metrics (...)" for a known task ``what`` does not implement.
+    """
+    check_task(task)
+    try:
+        return check_task(task, allowed=allowed)
+    except ValueError:
+        raise ValueError(f"task {task!r} is not supported yet by {what} (it supports {', '.join(allowed)})") from None
