@@ -137,8 +137,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    import torch
-
     from medssm.models import count_flops, count_parameters, create_model, get_entry, list_models
 
     names = list_models(args.pattern, task=args.task)
@@ -148,15 +146,15 @@ def cmd_models(args: argparse.Namespace) -> int:
     rows = []  # (name, task, dims, params, GFLOPs, input size, summary): the same columns in both formats
     for name in names:
         entry = get_entry(name)
-        dims = entry.spatial_dims[-1] if args.spatial_dims is None else args.spatial_dims
-        if dims not in entry.spatial_dims:
+        dims = entry.variants[-1] if args.spatial_dims is None else args.spatial_dims
+        if dims not in entry.variants:
             continue
-        model = create_model(name, spatial_dims=dims)
-        example = torch.randn(1, 1, *entry.input_size[dims])
-        flops = count_flops(model, example) / 1e9
+        model = create_model(name, **entry.model_kwargs(dims))
+        flops = count_flops(model, entry.example_input(dims)) / 1e9
         size = "x".join(str(n) for n in entry.input_size[dims])
-        rows.append((name, entry.task, ",".join(str(d) for d in entry.spatial_dims),
-                     f"{count_parameters(model):,}", f"{flops:.3f}", f"{size} ({dims}D)", entry.summary))
+        size = f"{size} ({dims}D)" if dims is not None else f"{size} (length)"
+        rows.append((name, entry.task, ",".join(str(d) for d in entry.spatial_dims) or "-",
+                     f"{count_parameters(model):,}", f"{flops:.3f}", size, entry.summary))
     if args.markdown:  # the README's model table (tests/test_docs.py checks it against this output)
         print("| model | task | spatial dims | parameters | GFLOPs | input | summary |")
         print("|---|---|---|--:|--:|---|---|")
@@ -221,7 +219,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
     scan = bench_sub.add_parser("scan", help="selective-scan backends: time, memory, machine bound")
     scan.add_argument("--shape", type=_shape, action="append",
-                      help="b,d,N,L (repeatable); default: the four shapes of the README table")
+                      help="b,d,N,L (repeatable); default: the four shapes of docs/benchmarks.md")
     scan.add_argument("--backend", action="append", choices=["reference", "torch", "cpu", "mambapy"],
                       help="repeatable; default: every available backend (+ mambapy when installed)")
     scan.add_argument("--repeats", type=int, default=10,

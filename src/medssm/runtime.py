@@ -6,7 +6,7 @@ imports torch, and a program of your own may call it the same way. Both settings
 OpenMP spin: PyTorch's OpenMP workers (GNU libgomp) busy-wait for GOMP_SPINCOUNT=300000 spins (5-10 ms here)
 after each parallel op. On a machine with few cores that spinning thread takes a core from the "cpu" scan's
 threads and slows the scan by up to 2x. 30000 spins end within a millisecond; the trade-off (pure-torch work
-~5% slower, medssm's models as fast or faster) is measured by ``medssm bench openmp`` and tabled in the README.
+~5% slower, medssm's models as fast or faster) is measured by ``medssm bench openmp`` (docs/cpu-tuning.md).
 libgomp reads the variable once, when torch loads it, so the setting only takes effect before torch is imported.
 
 malloc: glibc's malloc hands big blocks back to the OS when they are freed (by munmap, or by trimming the heap's
@@ -15,7 +15,7 @@ kernel. A training step frees and reallocates the same few sizes every step: the
 (1, 192, 16, 4096) spent about 1 ms of its 4.2 in 750-1500 such faults per call. Keeping up to 256 MiB of
 freed bytes at the heap's top, and serving blocks up to 32 MiB (the ceiling of glibc's own adaptive threshold)
 from the heap, removes them; ``medssm bench layer``'s Mamba and Mamba2 layers ran forward+backward as fast or
-faster in every paired run (README, "Memory allocator"). mallopt works whenever it is called, unlike the OpenMP
+faster in every paired run (docs/cpu-tuning.md). mallopt works whenever it is called, unlike the OpenMP
 setting. Any MALLOC_*_ variable or glibc.malloc tunable of yours is left alone, and so is any other C library;
 MEDSSM_MALLOC=default keeps glibc's adaptive defaults.
 """
