@@ -4,7 +4,14 @@ Importing this package imports every family module below, and each registers its
 registry itself imports no family (timm's layout). A new family file is added to the imports here.
 """
 
-from . import baselines, lightm_unet, mini, umamba  # noqa: F401  (each registers its models on import)
+from . import (  # noqa: F401  (each family registers its models on import)
+    baselines,
+    lightm_unet,
+    mini,
+    segmamba,
+    umamba,
+    vm_unet,
+)
 from .registry import (
     MODEL_TASKS,
     ModelEntry,
