@@ -214,6 +214,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_layer_size_args(parser: argparse.ArgumentParser, d_model: int) -> None:
+    """The layer benchmarks' shared options: the layer's width and state, batch, repeats, threads."""
+    parser.add_argument("--d-model", type=int, default=d_model)
+    parser.add_argument("--d-state", type=int, default=16)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=None)
+
+
 def _add_bench(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser("bench", help="benchmarks")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
@@ -237,21 +246,13 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
 
     mix = bench_sub.add_parser("mixer", help="multi-route vision mixer: routing vs scan time, 2D and 3D")
     mix.add_argument("--route", default="cross", help="scan route name (default: cross)")
-    mix.add_argument("--d-model", type=int, default=48)
-    mix.add_argument("--d-state", type=int, default=16)
-    mix.add_argument("--batch", type=int, default=1)
-    mix.add_argument("--repeats", type=int, default=10)
-    mix.add_argument("--threads", type=int, default=None)
+    _add_layer_size_args(mix, d_model=48)
     mix.set_defaults(func=cmd_bench_mixer)
 
     lay = bench_sub.add_parser("layer", help="Mamba and Mamba2 layers, forward and forward+backward, with the "
                                              "pure-torch ops against the numba kernels")
-    lay.add_argument("--d-model", type=int, default=96)
-    lay.add_argument("--d-state", type=int, default=16)
-    lay.add_argument("--batch", type=int, default=1)
+    _add_layer_size_args(lay, d_model=96)
     lay.add_argument("--length", type=int, default=4096)
-    lay.add_argument("--repeats", type=int, default=10)
-    lay.add_argument("--threads", type=int, default=None)
     lay.set_defaults(func=cmd_bench_layer)
 
     omp = bench_sub.add_parser("openmp", help="cpu scan after a parallel torch op vs after a pause, and a "

@@ -90,6 +90,13 @@ class RecurrentMixer(nn.Module):
     def _ssm_state_shape(self) -> tuple[int, ...]:
         raise NotImplementedError
 
+    def _set_sizes(self, d_model: int, d_state: int, d_conv: int, expand: float) -> None:
+        """Record the sizes both mixers share (d_inner is the subclass's: Mamba rounds, Mamba-2 needs heads)."""
+        self.d_model = d_model
+        self.d_state = d_state
+        self.d_conv = d_conv
+        self.expand = expand
+
     def _check_cache(self, conv_state: torch.Tensor, ssm_state: torch.Tensor, batch: int) -> None:
         check_cache(conv_state, ssm_state, (batch, self.conv1d.in_channels, self.d_conv),
                     (batch, *self._ssm_state_shape()))
@@ -147,10 +154,7 @@ class Mamba(RecurrentMixer):
                  dtype=None) -> None:
         super().__init__()
         factory = {"device": device, "dtype": dtype}
-        self.d_model = d_model
-        self.d_state = d_state
-        self.d_conv = d_conv
-        self.expand = expand
+        self._set_sizes(d_model, d_state, d_conv, expand)
         self.d_inner = int(expand * d_model)
         self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else dt_rank
         self.scan_backend = scan_backend

@@ -54,10 +54,7 @@ class Mamba2(RecurrentMixer):
                  layer_idx: int | None = None, device=None, dtype=None) -> None:
         super().__init__()
         factory = {"device": device, "dtype": dtype}
-        self.d_model = d_model
-        self.d_state = d_state
-        self.d_conv = d_conv
-        self.expand = expand
+        self._set_sizes(d_model, d_state, d_conv, expand)
         self.d_inner = expand * d_model
         if self.d_inner % headdim != 0:
             raise ValueError(f"headdim={headdim} must divide d_inner = expand * d_model = {self.d_inner}")
