@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from medssm.layers import Mamba, ResidualVisionMamba
+from medssm.layers.token_routes import mix_along_route
 from medssm.models import count_parameters, create_model
 from medssm.models.lightm_unet import LightMUNet, ResMambaBlock, RoutedResidualVisionMamba
-from medssm.models.token_routes import mix_along_route
 from medssm.scans import get_route, list_routes
 
 TINY = {"init_filters": 8, "blocks_down": (1, 1, 1), "blocks_up": (1, 1), "d_state": 4}

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from medssm.layers import Mamba
+from medssm.layers.token_routes import build_route
 from medssm.models import count_parameters, create_model
-from medssm.models.token_routes import build_route
 from medssm.models.umamba import MambaLayer, UMambaBot, UMambaEnc, channel_token_positions, released_blocks
 from medssm.scans import get_route, list_routes
 

@@ -14,6 +14,7 @@ tri_oriented.py             ToMBlock and GSC (SegMamba)
 multi_head_scan.py          MultiHeadScan, MultiHeadScanBlock (MHS-VM)
 bimamba.py                  BiMamba, VimBlock (Vim)
 residual_vision_mamba.py    ResidualVisionMamba (LightM-UNet's RVM layer)
+token_routes.py             mix_along_route: one mixer over a route's orderings (LightM-UNet, U-Mamba)
 ==========================  ================================================================================
 
 Every vision block takes channels-first grids (batch, C, *spatial), ``spatial_dims`` (1, 2 or 3 where the

@@ -21,7 +21,7 @@ GroupNorm has 8 groups throughout.
 
 Scan route: the released RVM flattens in raster order (the default, ``route="raster"``). Any other route
 of ``medssm.scans`` runs each RVM's Mamba (the same weights) over the route's K orderings and averages the K
-outputs on the grid (:func:`~medssm.models.token_routes.mix_along_route`): parameters are unchanged, only the
+outputs on the grid (:func:`~medssm.layers.token_routes.mix_along_route`): parameters are unchanged, only the
 scan order differs; raster gives exactly the released layer.
 
 Parameter count. The paper reports 1.09M parameters for its 2D network (as quoted in LightM-UNet#30) and
@@ -50,9 +50,9 @@ import torch.nn as nn
 from ..conventions import check_spatial_dims
 from ..layers import ResidualVisionMamba, conv_nd, dropout_nd, pad_to_multiple, pool_nd
 from ..layers.grid import channels_last, check_grid
+from ..layers.token_routes import build_route, mix_along_route
 from ..scans import ScanRoute
 from .registry import register_model
-from .token_routes import build_route, mix_along_route
 
 
 class DepthwiseSeparableConv(nn.Sequential):

@@ -31,7 +31,7 @@ whose padded size gives another position count there raises a ValueError naming 
 
 Scan route: the released code flattens in raster order (``route="raster"``, the default). Another route runs
 each spatial-token Mamba (the same weights) over the route's K orderings and averages them on the grid
-(:func:`~medssm.models.token_routes.mix_along_route`): parameters unchanged, raster exactly the released layer.
+(:func:`~medssm.layers.token_routes.mix_along_route`): parameters unchanged, raster exactly the released layer.
 Channel-token stages scan the channels and ignore the route.
 
 Deep supervision: with ``deep_supervision=True`` a model in training mode returns nnU-Net's list of logits,
@@ -60,9 +60,9 @@ import torch.nn.functional as F
 from ..conventions import check_spatial_dims
 from ..layers import Mamba, conv_nd, conv_transpose_nd, norm_nd, pad_to_multiple
 from ..layers.grid import channels_last, check_grid
+from ..layers.token_routes import build_route, mix_along_route
 from ..scans import ScanRoute
 from .registry import register_model
-from .token_routes import build_route, mix_along_route
 
 
 class ResBlock(nn.Module):

@@ -5,7 +5,7 @@ the tokens. :func:`mix_along_route` generalises the flattening to any route of `
 (the same weights) runs over each of the route's K orderings, each output is put back on the grid, and the
 K grids are averaged. With ``route="raster"`` (K = 1, the identity order) this is exactly the released
 flatten -> Mamba -> unflatten; for K > 1 the parameters are unchanged and only the scan order differs, so
-``route=`` is a clean ablation of the scan order for these networks. (A candidate for ``medssm.layers``.)
+``route=`` is a clean ablation of the scan order for these networks.
 """
 
 from __future__ import annotations
