@@ -27,6 +27,16 @@ def _shape(text: str) -> tuple[int, int, int, int]:
     return values  # type: ignore[return-value]
 
 
+def _sides(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers like 32,64 (got {text!r})")
+    return values
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     """Versions, threads and the selective-scan backends available on each device."""
     import torch
@@ -65,6 +75,21 @@ def cmd_bench_scan(args: argparse.Namespace) -> int:
     scan.run(shapes=args.shape or scan.DEFAULT_SHAPES, backends=args.backend, repeats=args.repeats,
              threads=args.threads, out_dir=out, memory=not args.no_memory, compile_time=not args.no_compile,
              scaling=not args.no_scaling, split=args.split)
+    return 0
+
+
+def cmd_bench_models(args: argparse.Namespace) -> int:
+    from medssm.bench import models
+    from medssm.engine.files import check_output
+
+    out = check_output(args.out or Path("medssm-bench") / time.strftime("models-%Y%m%d-%H%M%S"), args.overwrite,
+                       "--out folder")
+    sizes = {2: tuple(args.sizes_2d or models.DEFAULT_SIZES[2]), 3: tuple(args.sizes_3d or models.DEFAULT_SIZES[3])}
+    train_sizes: tuple[int, ...] = ()
+    if args.train_step:
+        train_sizes = tuple(args.train_sizes or sorted({min(sizes[3]), models.TRAIN_SIDE}))
+    models.run(models=args.model, spatial_dims=args.spatial_dims, sizes=sizes, repeats=args.repeats,
+               max_seconds=args.max_seconds, train_sizes=train_sizes, threads=args.threads, out_dir=out)
     return 0
 
 
@@ -255,10 +280,37 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     lay.add_argument("--length", type=int, default=4096)
     lay.set_defaults(func=cmd_bench_layer)
 
+    _add_bench_models(bench_sub)
+
     omp = bench_sub.add_parser("openmp", help="cpu scan after a parallel torch op vs after a pause, and a "
                                               "torch training step, under the OpenMP spin setting in effect")
     omp.add_argument("--repeats", type=int, default=20)
     omp.set_defaults(func=cmd_bench_openmp)
+
+
+def _add_bench_models(bench_sub: argparse._SubParsersAction) -> None:
+    mo = bench_sub.add_parser(
+        "models", help="segmentation models: CPU inference time, peak memory, params and FLOPs against input size",
+        description="Each (model, dims, size) in a fresh process: median forward time (batch 1, eval, no_grad) "
+                    "after one warm-up, peak resident-set growth of one forward, parameters, FLOPs; "
+                    "models.json and models.png in --out.")
+    mo.add_argument("--model", action="append", help="registered segmentation model (repeatable; default: all)")
+    mo.add_argument("--spatial-dims", type=int, action="append", choices=[2, 3],
+                    help="repeatable; default: 2 and 3 where the model supports them")
+    mo.add_argument("--sizes-2d", type=_sides, default=None, help="2D sides, e.g. 32,64 (default 128,256,512,1024)")
+    mo.add_argument("--sizes-3d", type=_sides, default=None, help="3D sides, e.g. 16,32 (default 32,64,96,128)")
+    mo.add_argument("--repeats", type=int, default=3, help="timed calls per case (median), after one warm-up")
+    mo.add_argument("--max-seconds", type=float, default=60.0,
+                    help="a call slower than this skips the size (and the larger ones); default 60")
+    mo.add_argument("--train-step", action="store_true",
+                    help="also time a 3D training step (forward, backward, AdamW) at batch 2")
+    mo.add_argument("--train-sizes", type=_sides, default=None,
+                    help="3D sides of the training step (default: the smallest 3D size and 64)")
+    mo.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    mo.add_argument("--out", type=Path, default=None,
+                    help="folder for models.json and models.png (default medssm-bench/models-<timestamp>)")
+    mo.add_argument("--overwrite", action="store_true", help="replace files in an existing --out folder")
+    mo.set_defaults(func=cmd_bench_models)
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
