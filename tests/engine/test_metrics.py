@@ -53,7 +53,8 @@ def test_perfect_prediction_gives_dice_one_and_hd95_zero(shape):
 
 def test_disjoint_prediction_gives_dice_zero():
     out = seg(2, square(cols=slice(7, 11)), square(cols=slice(1, 5)), hd95=False)
-    assert out == {"dice": 0.0, "dice_1": 0.0}
+    assert {k: v for k, v in out.items() if k.startswith("dice")} == {"dice": 0.0, "dice_1": 0.0}
+    assert out["auc"] == out["auc_1"] < 0.5  # the foreground's pixels score below the background's
 
 
 def test_shifted_square_known_dice_and_hd95():
@@ -336,3 +337,36 @@ def test_extend_equals_updating_with_the_same_batches():
     assert folded.compute() == pytest.approx(together.compute(), nan_ok=True)
     with pytest.raises(ValueError, match="cannot extend segmentation metrics with 3 classes"):
         folded.extend(Metrics("segmentation", 2))
+
+
+def test_segmentation_auc_is_the_pooled_pixel_auc_inside_the_fov():
+    # Retinal-vessel papers pool every fov pixel of every test image into one ROC; the histogram-based
+    # value must agree with MONAI's exact compute_roc_auc on those pixels to within the bin resolution.
+    from monai.metrics import compute_roc_auc
+
+    torch.manual_seed(0)
+    metrics = Metrics("segmentation", 3, hd95=False)
+    probs, targets = [], []
+    for _ in range(3):
+        target = torch.randint(0, 3, (2, 1, 20, 17))
+        logits = torch.randn(2, 3, 20, 17)
+        logits[:, 1] += (target[:, 0] == 1).float()
+        fov = torch.rand(2, 1, 20, 17) > 0.3
+        prob = logits.softmax(1)
+        metrics.update(prob, target, fov=fov)
+        probs.append(prob.movedim(1, -1)[fov[:, 0]])
+        targets.append(target[:, 0][fov[:, 0]])
+    result = metrics.compute()
+    prob, target = torch.cat(probs), torch.cat(targets)
+    for c in (1, 2):
+        exact = float(compute_roc_auc(prob[:, c], (target == c).float()))
+        assert result[f"auc_{c}"] == pytest.approx(exact, abs=1e-4)
+    assert result["auc_1"] > 0.65 > result["auc_2"]  # class 1 was made separable, class 2 was not
+    assert result["auc"] == pytest.approx((result["auc_1"] + result["auc_2"]) / 2)
+    assert len(metrics._values["auc_hist"]) == 1  # one running histogram, not one per image
+
+
+def test_segmentation_auc_is_nan_without_both_classes():
+    metrics = Metrics("segmentation", 2, hd95=False)
+    metrics.update(torch.full((1, 2, 4, 4), 0.5), torch.zeros(1, 1, 4, 4, dtype=torch.long))
+    assert math.isnan(metrics.compute()["auc"])

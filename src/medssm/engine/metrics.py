@@ -8,8 +8,12 @@ how empty classes are treated and how the per-sample values are reduced.
 Tasks and what ``Metrics.update(output, target, fov)`` takes (B = batch, K = classes, C = channels):
 
 - ``segmentation``: output probabilities (B, K, *spatial), target class indices (B, 1, *spatial) int.
-  Keys: ``dice`` (foreground classes 1..K-1), ``dice_<k>``, and with ``hd95=True`` ``hd95``, ``hd95_<k>``
-  (in ``spacing`` units) and ``hd95_skipped``.
+  Keys: ``dice`` (foreground classes 1..K-1), ``dice_<k>``, ``auc`` and ``auc_<k>`` (each foreground
+  class's probability against all other pixels, pooled over every pixel of every image inside the field of
+  view, the convention of retinal-vessel papers; ``auc`` is the mean over the classes), and with
+  ``hd95=True`` ``hd95``, ``hd95_<k>`` (in ``spacing`` units) and ``hd95_skipped``. The pooled AUC is
+  computed from histograms of the probabilities in ``AUC_BINS`` bins (constant memory for any number of
+  pixels; pixels in one bin count as ties), within 1/AUC_BINS of the exact value.
 - ``classification``: output probabilities (B, K), target (B,) (or (B, 1)) int.
   Keys: ``accuracy``, ``balanced_accuracy``, ``auc`` (plain for K = 2, one-vs-rest macro otherwise),
   ``f1`` (macro).
@@ -81,6 +85,7 @@ HIGHER_IS_BETTER = {
     "mae": False,
 }
 
+AUC_BINS = 1 << 16  # probability bins of the pooled segmentation AUC
 SSIM_WINDOW = 11  # MONAI's (and the SSIM paper's) Gaussian window; shrunk for smaller images.
 
 
@@ -213,6 +218,7 @@ class Metrics:
             target = target * mask
         pred_1h = _one_hot(pred, k)
         target_1h = _one_hot(target, k)
+        self._add_auc_histograms(output, target_1h, mask)
         dice = compute_dice(pred_1h, target_1h, include_background=False, ignore_empty=True)  # (B, K-1), nan = absent
         self._add(dice=dice)
         if self.hd95:
@@ -229,6 +235,24 @@ class Metrics:
                                                     spacing=spacing).float().cpu()
                 hd = torch.where(both.cpu(), hd, torch.full_like(hd, math.nan))
             self._add(hd95=hd, hd95_skipped=(in_pred ^ in_target))
+
+    def _add_auc_histograms(self, output: torch.Tensor, target_1h: torch.Tensor, mask: torch.Tensor | None) -> None:
+        """Add each foreground class's probability histograms (positives, negatives) over the fov pixels:
+        kept as one running (K-1, 2, AUC_BINS) sum, not per image."""
+        k = self.num_classes
+        inside = torch.ones_like(target_1h[:, :1], dtype=torch.bool) if mask is None else mask
+        inside = inside.expand_as(target_1h[:, 1:])
+        bins = (output[:, 1:].float() * AUC_BINS).long().clamp_(0, AUC_BINS - 1)
+        positive = target_1h[:, 1:].bool()
+        hist = torch.zeros(k - 1, 2, AUC_BINS, dtype=torch.float64)
+        for c in range(k - 1):
+            for j, selected in enumerate((positive[:, c] & inside[:, c], ~positive[:, c] & inside[:, c])):
+                hist[c, j] = torch.bincount(bins[:, c][selected], minlength=AUC_BINS).double().cpu()
+        parts = self._values.setdefault("auc_hist", [])
+        if parts:
+            parts[0] = parts[0] + hist[None]
+        else:
+            parts.append(hist[None])
 
     def _update_vector(self, output: torch.Tensor, target: torch.Tensor) -> None:
         k = self.num_classes
@@ -334,10 +358,24 @@ def _per_image_then_mean(per_class: torch.Tensor) -> float:
     return _mean(per_image)
 
 
+def _histogram_auc(positives: torch.Tensor, negatives: torch.Tensor) -> float:
+    """ROC AUC from score histograms over the same ascending bins: P(score+ > score-) + P(tie) / 2."""
+    n_pos, n_neg = float(positives.sum()), float(negatives.sum())
+    if n_pos == 0 or n_neg == 0:
+        return math.nan
+    below = torch.cumsum(negatives, 0) - negatives  # negatives in lower bins
+    return float((positives * (below + 0.5 * negatives)).sum()) / (n_pos * n_neg)
+
+
 def _segmentation(values: dict[str, torch.Tensor]) -> dict[str, float]:
     dice = values["dice"]
     out = {"dice": _per_image_then_mean(dice)}
     out.update({f"dice_{c + 1}": _mean(dice[:, c]) for c in range(dice.shape[1])})
+    if "auc_hist" in values:
+        hist = values["auc_hist"].sum(0)  # (K-1, 2, bins), summed over ranks and folded metrics
+        aucs = [_histogram_auc(hist[c, 0], hist[c, 1]) for c in range(hist.shape[0])]
+        out["auc"] = _mean(torch.tensor(aucs, dtype=torch.float64))
+        out.update({f"auc_{c + 1}": a for c, a in enumerate(aucs)})
     if "hd95" in values:
         hd = values["hd95"]
         out["hd95"] = _per_image_then_mean(hd)
