@@ -109,3 +109,17 @@ def test_bad_checkpoints_give_clear_errors(tmp_path):
     (folder / "checkpoint.json").write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         read_meta(folder)
+
+
+def test_checkpoint_folders_follow_the_umask(tmp_path):
+    # issue 26, defect 7: checkpoint folders came out drwx------ (mkdtemp's mode) whatever the umask
+    import os
+
+    model, _, _ = _trained(1)
+    old = os.umask(0o022)
+    try:
+        folder = save_checkpoint(tmp_path / "c", model, {"model": "mini_mamba_unet", "model_args": ARGS})
+    finally:
+        os.umask(old)
+    assert folder.stat().st_mode & 0o777 == 0o755
+    assert (folder / "model.safetensors").stat().st_mode & 0o777 == 0o644

@@ -97,3 +97,27 @@ def test_drive_test_folder_overrides_from_the_config_comment(monkeypatch):
     config = load_config(REPO / "configs" / "drive.yaml", overrides)
     test = build_dataset(config.data.name, split="test", **config.data.args)
     assert len(test) == 20 and test[0]["fov"].shape == (1, 584, 565)
+
+
+def test_an_override_of_steps_or_epochs_clears_the_other(tmp_path):
+    # issue 26, defect 1: `train.max_steps=2` on a config given in epochs used to fail validation
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  epochs: 100\n")
+    config = load_config(path, ["train.max_steps=2"])
+    assert (config.train.max_steps, config.train.epochs) == (2, None)
+    path.write_text("train:\n  max_steps: 100\n")
+    config = load_config(path, ["train.epochs=3"])
+    assert (config.train.max_steps, config.train.epochs) == (None, 3)
+    with pytest.raises(ValueError, match="exactly one of train.max_steps and train.epochs"):
+        load_config(path, ["train.epochs=3", "train.max_steps=4"])  # both given on the command line
+
+
+def test_a_bad_override_is_reported_as_the_command_line(tmp_path):
+    # issue 26, defect 2: the error named the config file although the value came from the command line
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  max_steps: 10\n  lr: 0.1\n")
+    with pytest.raises(ValueError, match=r"command-line override 'train.lr=abc': train.lr must be float"):
+        load_config(path, ["train.lr=abc"])
+    path.write_text("train:\n  max_steps: 10\n  lr: abc\n")
+    with pytest.raises(ValueError, match=rf"{path}: train.lr must be float"):
+        load_config(path)

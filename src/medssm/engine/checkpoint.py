@@ -16,9 +16,9 @@ accepts the ``.old`` copy that exists for an instant during the swap).
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 
 from ..data.io import read_json
 from ..models import create_model
+from .files import current_umask, temporary_dir_beside
 
 MODEL_FILE = "model.safetensors"
 META_FILE = "checkpoint.json"
@@ -44,7 +45,7 @@ def save_checkpoint(directory: str | Path, model: nn.Module, meta: dict[str, Any
     directory.parent.mkdir(parents=True, exist_ok=True)
     for stale in directory.parent.glob(f".{directory.name}.partial-*"):  # left by a process killed mid-write
         shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.partial-", dir=directory.parent))
+    tmp = temporary_dir_beside(directory)
     try:
         weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(weights, tmp / MODEL_FILE)
@@ -53,6 +54,8 @@ def save_checkpoint(directory: str | Path, model: nn.Module, meta: dict[str, Any
             tensors, plain = train_state["tensors"], train_state["plain"]
             save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp / STATE_FILE)
             (tmp / STATE_META_FILE).write_text(json.dumps(plain, default=_json_default))
+        for written in tmp.iterdir():  # safetensors writes its files 0600: give them the umask's mode
+            os.chmod(written, 0o666 & ~current_umask())
         old = directory.with_name(directory.name + ".old")
         if old.exists():
             shutil.rmtree(old)

@@ -95,8 +95,13 @@ AMP_MODES = ("none", "bf16", "fp16")
 MODALITIES = ("raster", "ct", "mr", "signal")
 
 
-def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
-    """Build a Config, rejecting unknown sections and keys (naming them and the source)."""
+def config_from_dict(raw: dict[str, Any], source: str = "config", overridden: dict[str, str] | None = None
+                     ) -> Config:
+    """Build a Config, rejecting unknown sections and keys (naming them and the source).
+
+    ``overridden`` maps "section.key" to the command-line override that set it, so that a bad value is
+    reported as coming from the command line rather than from the file."""
+    overridden = overridden or {}
     if not isinstance(raw, dict):
         raise ValueError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
     sections = {f.name: f.type for f in dataclasses.fields(Config)}
@@ -113,11 +118,17 @@ def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
         bad = sorted(set(values) - keys)
         if bad:
             raise ValueError(f"{source}: unknown key(s) {bad} in section {f.name!r}; expected {sorted(keys)}")
-        parts[f.name] = cls(**{g.name: _coerce(values[g.name], str(g.type), f"{f.name}.{g.name}", source)
+        parts[f.name] = cls(**{g.name: _coerce(values[g.name], str(g.type), f"{f.name}.{g.name}",
+                                               _source(f"{f.name}.{g.name}", source, overridden))
                                for g in dataclasses.fields(cls) if g.name in values})
     config = Config(**parts)
     _validate(config, source)
     return config
+
+
+def _source(key: str, source: str, overridden: dict[str, str]) -> str:
+    """Where the value of ``key`` came from: the command-line override that set it, or the config source."""
+    return f"command-line override {overridden[key]!r}" if key in overridden else source
 
 
 def _coerce(value: Any, annotation: str, where: str, source: str) -> Any:
@@ -170,8 +181,22 @@ def _validate(config: Config, source: str) -> None:
         raise ValueError(f"{source}: inference.overlap must be in [0, 1), got {config.inference.overlap}")
 
 
+# Keys that say the same thing two ways: an override of one clears the other (unless both are overridden).
+_EXCLUSIVE = (("train.max_steps", "train.epochs"),)
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Set ``a.b.c=value`` entries (value parsed as YAML) in a nested dict, creating mappings as needed."""
+    """Set ``a.b.c=value`` entries (value parsed as YAML) in a nested dict, creating mappings as needed.
+
+    An override of ``train.max_steps`` clears the config's ``train.epochs`` and the other way round, so that
+    ``train.max_steps=2`` switches a config given in epochs to steps."""
+    for key in _overridden_keys(overrides):
+        for pair in _EXCLUSIVE:
+            if key in pair:
+                other = pair[1 - pair.index(key)]
+                section, name = other.split(".")
+                if other not in _overridden_keys(overrides) and isinstance(raw.get(section), dict):
+                    raw[section].pop(name, None)
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key or any(not part for part in key.split(".")):
@@ -190,6 +215,11 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
+def _overridden_keys(overrides: list[str]) -> dict[str, str]:
+    """``{"section.key": the override's text}`` for each well-formed ``section.key=value`` override."""
+    return {item.partition("=")[0]: item for item in overrides if "=" in item}
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Read a YAML config (or start from the defaults), apply overrides and validate."""
     raw: dict[str, Any] = {}
@@ -204,7 +234,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         except yaml.YAMLError as error:
             raise ValueError(f"{path}: not valid YAML ({error})") from error
     raw = apply_overrides(raw, overrides or [])
-    return config_from_dict(raw, source)
+    return config_from_dict(raw, source, _overridden_keys(overrides or []))
 
 
 def save_config(config: Config, path: str | Path) -> None:

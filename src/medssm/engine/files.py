@@ -24,7 +24,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
                                     dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file 0600; outputs get the usual permissions
+    os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes the file 0600; outputs get the usual permissions
     try:
         yield tmp
         os.replace(tmp, path)
@@ -33,10 +33,20 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             tmp.unlink()
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process's umask (reading it means setting it, so it is set straight back)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def temporary_dir_beside(path: str | Path) -> Path:
+    """A new empty folder next to ``path`` (``.<name>.partial-*``) to be filled and then renamed onto it,
+    with the permissions the umask gives any other folder (mkdtemp alone makes it 0700)."""
+    path = Path(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~current_umask())
+    return tmp
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
