@@ -201,6 +201,21 @@ def test_resume_without_a_checkpoint_says_so(tmp_path):
         train(None, tmp_path / "missing", resume=True, progress=False)
 
 
+def test_a_run_that_failed_before_its_first_checkpoint_leaves_a_reusable_folder(tmp_path):
+    # issue 26, defect 3: the folder kept config.yaml, a rerun was refused and --resume reused the bad config
+    bad = _config(max_steps=2)
+    bad["model"]["args"] = {"no_such_argument": 1}
+    with pytest.raises(TypeError, match="no_such_argument"):
+        train(config_from_dict(bad), tmp_path / "r", progress=False)
+    assert (tmp_path / "r" / "config.yaml").exists()
+    with pytest.raises(FileNotFoundError, match="start it again without --resume"):
+        train(None, tmp_path / "r", resume=True, progress=False)
+    summary = train(config_from_dict(_config(max_steps=2, val_every=2)), tmp_path / "r", progress=False)
+    assert summary["step"] == 2
+    with pytest.raises(FileExistsError, match="not empty"):  # now it holds a run: kept without --overwrite
+        train(config_from_dict(_config(max_steps=2, val_every=2)), tmp_path / "r", progress=False)
+
+
 def test_a_log_line_cut_short_by_a_kill_is_dropped_on_resume(tmp_path):
     from medssm.engine.distributed import DistInfo
     from medssm.engine.trainer import RunLog

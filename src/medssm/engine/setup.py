@@ -116,11 +116,19 @@ def make_loss(name: str, task: str) -> nn.Module:
     return losses[name]()
 
 
+def has_checkpoint(out_dir: Path) -> bool:
+    """Whether a run folder holds a resumable checkpoint (``checkpoints/last``, or its ``.old`` mid-swap)."""
+    last = out_dir / "checkpoints" / "last"
+    return last.exists() or last.with_name("last.old").exists()
+
+
 def prepare_run_dir(out_dir: Path, overwrite: bool) -> None:
     """Create a new run folder; an existing non-empty one is replaced only with ``overwrite`` and only if it
-    is a medssm run folder."""
+    is a medssm run folder. A run folder without a checkpoint (a run that failed before its first one) holds
+    nothing to keep and is reused without ``overwrite``."""
     if out_dir.exists() and any(out_dir.iterdir()):
-        if not overwrite:
+        started = has_checkpoint(out_dir) or not (out_dir / "config.yaml").exists()
+        if not overwrite and started:
             raise FileExistsError(f"run folder {out_dir} is not empty; pass --resume to continue that run or "
                                   "--overwrite to start again")
         if not (out_dir / "config.yaml").exists():

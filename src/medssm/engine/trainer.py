@@ -48,6 +48,7 @@ from .setup import (
     case_names,
     check_model_task,
     evaluation_loader,
+    has_checkpoint,
     load_run_config,
     make_loss,
     model_arguments,
@@ -119,6 +120,10 @@ def train(config: Config | None, out_dir: str | Path, resume: bool = False, over
     checkpoint with its saved config. Returns a summary (final step, best score, final validation metrics)."""
     out_dir = Path(out_dir)
     if resume:
+        if (out_dir / "config.yaml").is_file() and not has_checkpoint(out_dir):  # before the saved config,
+            # which may be what made the run fail
+            raise FileNotFoundError(f"{out_dir}: no checkpoint to resume from (the run stopped before its first "
+                                    "checkpoint); start it again without --resume: the folder is reused")
         config = load_run_config(out_dir)
     if config is None:
         raise ValueError("train() needs a config unless resume=True")
@@ -226,9 +231,6 @@ def _setup_run(config: Config, out_dir: Path, resume: bool, device: torch.device
 
 def _restore(run: _Run) -> None:
     """Load the last checkpoint's weights, optimizer, scheduler, scaler, RNG states and counters."""
-    if not run.last_dir.exists() and not run.last_dir.with_name("last.old").exists():
-        raise FileNotFoundError(f"{run.out_dir}: no checkpoint to resume from (the run stopped before its first "
-                                "checkpoint); start it again with --overwrite")
     run.model.load_state_dict(load_weights(run.last_dir), strict=True)
     run.counters = restore_train_state(run.last_dir, run.optimizer, run.scheduler, run.scaler)
     run.log.load(run.counters["step"])
