@@ -192,3 +192,16 @@ def test_list_models_filters():
     assert "mini_mamba_unet" in list_models(task="segmentation")
     assert list_models("no_such_*") == []
 
+
+
+def test_listing_an_unknown_task_names_the_tasks():
+    # issue 26, defect 5 (second half): `medssm models --task foo` printed nothing useful
+    with pytest.raises(ValueError, match=r"task must be one of \('segmentation', 'classification'"):
+        list_models(task="foo")
+    assert "unet" in list_models(task="segmentation")
+
+
+def test_a_typo_in_model_arguments_lists_the_accepted_ones():
+    # issue 26, defect 5: a typo forwarded through **kwargs gave the raw "__init__() got an unexpected keyword"
+    with pytest.raises(TypeError, match=r"got unexpected arguments \['featurs'\]; it accepts \[.*'features'"):
+        create_model("umamba_enc", featurs=(16, 32))

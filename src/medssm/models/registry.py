@@ -151,7 +151,10 @@ def register_model(task: str, spatial_dims: Sequence[int], input_size: dict[int 
 
 
 def list_models(pattern: str = "*", task: str | None = None) -> list[str]:
-    """Sorted registered names matching a shell-style ``pattern`` (and ``task`` when given)."""
+    """Sorted registered names matching a shell-style ``pattern`` (and ``task`` when given: one of
+    ``MODEL_TASKS``, else ValueError listing them)."""
+    if task is not None:
+        check_task(task, MODEL_TASKS)
     return sorted(n for n, e in _REGISTRY.items()
                   if fnmatch.fnmatch(n, pattern) and (task is None or e.task == task))
 
@@ -181,7 +184,32 @@ def create_model(name: str, **kwargs) -> nn.Module:
     try:
         return entry.fn(**kwargs)
     except TypeError as error:  # a keyword forwarded through **kwargs to a constructor that lacks it
+        names = accepted_arguments(name)
+        unknown = sorted(set(kwargs) - set(names)) if names else []
+        if unknown:
+            raise TypeError(f"model {name!r} got unexpected arguments {unknown}; it accepts {names}") from error
         raise TypeError(f"model {name!r}: {error}") from error
+
+
+def accepted_arguments(name: str) -> list[str]:
+    """The keyword arguments ``create_model(name, ...)`` accepts: the registered function's own and, where it
+    forwards ``**kwargs``, those of the class of the model it builds with its defaults ([] if that fails)."""
+    entry = get_entry(name)
+    params = inspect.signature(entry.fn).parameters
+    names = {n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        try:
+            built = type(entry.fn())
+        except Exception:  # noqa: BLE001  (only a better error message depends on it)
+            return []
+        for cls in built.__mro__:  # up the classes while each __init__ forwards **kwargs to its parent's
+            if "__init__" not in vars(cls):
+                continue
+            init = inspect.signature(cls.__init__).parameters
+            names |= {n for n, p in init.items() if n != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+            if not any(p.kind is p.VAR_KEYWORD for p in init.values()):
+                break
+    return sorted(names)
 
 
 def count_parameters(model: nn.Module) -> int:
