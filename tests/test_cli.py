@@ -74,10 +74,23 @@ def test_predict_on_nibabels_anatomical_keeps_its_affine(run_3d, tmp_path):
 
 
 def test_models_table(capsys):
-    assert main(["models", "mini_*"]) == 0
+    assert main(["models", "mini_*", "--counts"]) == 0
     out = capsys.readouterr().out
-    assert "mini_mamba_unet" in out and "segmentation" in out and "GFLOPs" in out
+    assert "mini_mamba_unet" in out and "segmentation" in out and "1,703,042" in out
     assert main(["models", "nothing_*"]) == 1
+
+
+def test_models_listing_builds_no_model(capsys, monkeypatch):
+    # issue 26, defect 8: listing built every model to count it (6 s then, 17 s with today's registry)
+    import medssm.models
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the plain listing must not build models")
+
+    monkeypatch.setattr(medssm.models, "create_model", refuse)
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "umamba_enc" in out and "medssm models --counts" in out
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -168,18 +168,22 @@ def cmd_models(args: argparse.Namespace) -> int:
     if not names:
         print(f"no registered model matches {args.pattern!r}")
         return 1
+    counts = args.counts or args.markdown  # building every model takes seconds: only when asked
     rows = []  # (name, task, dims, params, GFLOPs, input size, summary): the same columns in both formats
     for name in names:
         entry = get_entry(name)
         dims = entry.variants[-1] if args.spatial_dims is None else args.spatial_dims
         if dims not in entry.variants:
             continue
-        model = create_model(name, **entry.model_kwargs(dims))
-        flops = count_flops(model, entry.example_input(dims)) / 1e9
+        params = flops = "-"
+        if counts:
+            model = create_model(name, **entry.model_kwargs(dims))
+            params = f"{count_parameters(model):,}"
+            flops = f"{count_flops(model, entry.example_input(dims)) / 1e9:.3f}"
         size = "x".join(str(n) for n in entry.input_size[dims])
         size = f"{size} ({dims}D)" if dims is not None else f"{size} (length)"
-        rows.append((name, entry.task, ",".join(str(d) for d in entry.spatial_dims) or "-",
-                     f"{count_parameters(model):,}", f"{flops:.3f}", size, entry.summary))
+        rows.append((name, entry.task, ",".join(str(d) for d in entry.spatial_dims) or "-", params, flops, size,
+                     entry.summary))
     if args.markdown:  # the README's model table (tests/test_docs.py checks it against this output)
         print("| model | task | spatial dims | parameters | GFLOPs | input | summary |")
         print("|---|---|---|--:|--:|---|---|")
@@ -189,6 +193,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     print(f"{'model':<28} {'task':<15} {'dims':<6} {'params':>10} {'GFLOPs':>8}  input (per spatial_dims)")
     for name, task, dims_text, params, flops, size, summary in rows:
         print(f"{name:<28} {task:<15} {dims_text:<6} {params:>10} {flops:>8}  {size}  {summary}")
+    if not counts:
+        print("(parameters and FLOPs: medssm models --counts)")
     return 0
 
 
@@ -351,12 +357,15 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_models(sub: argparse._SubParsersAction) -> None:
-    mo = sub.add_parser("models", help="registered models with parameters and FLOPs")
+    mo = sub.add_parser("models", help="registered models (with --counts: parameters and FLOPs)")
     mo.add_argument("pattern", nargs="?", default="*", help="shell-style name pattern")
-    mo.add_argument("--task", default=None, help="segmentation, classification or restoration")
+    mo.add_argument("--task", default=None,
+                    help="only the models of this task (segmentation, classification, restoration, mil, events)")
     mo.add_argument("--spatial-dims", type=int, default=None, help="count for this spatial_dims (default: highest)")
+    mo.add_argument("--counts", action="store_true",
+                    help="build each model to count its parameters and FLOPs (seconds per model)")
     mo.add_argument("--markdown", action="store_true",
-                    help="print the table as GitHub markdown (the README's model table)")
+                    help="print the table, with counts, as GitHub markdown (the README's model table)")
     mo.set_defaults(func=cmd_models)
 
 
