@@ -226,3 +226,20 @@ def test_a_log_line_cut_short_by_a_kill_is_dropped_on_resume(tmp_path):
     log.load(up_to_step=2)
     assert [r["step"] for r in log.rows] == [1, 2]
     assert [r["step"] for r in _read_log(tmp_path)] == [1, 2]
+
+
+def test_classes_absent_from_every_split_are_warned_with_the_counts(caplog):
+    # issue 26, defect 4: num_classes larger than the labels present trained silently
+    from types import SimpleNamespace
+
+    from medssm.engine.setup import warn_absent_classes
+
+    train = SimpleNamespace(task="classification", labels=torch.tensor([[0], [1], [1]]))
+    val = SimpleNamespace(task="classification", labels=torch.tensor([0, 0]))
+    with caplog.at_level("WARNING", logger="medssm.engine.setup"):
+        assert warn_absent_classes(4, {"train": train, "val": val}) == [2, 3]
+    assert "classes [2, 3] occur in no split" in caplog.text and "train {0: 1, 1: 2}; val {0: 2}" in caplog.text
+    caplog.clear()
+    assert warn_absent_classes(2, {"train": train, "val": val}) == [] and not caplog.text
+    masks = SimpleNamespace(task="segmentation")
+    assert warn_absent_classes(9, {"train": masks}) == []

@@ -4,6 +4,7 @@ recorded with a checkpoint."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from .checkpoint import read_meta
 from .config import Config, config_from_dict
 from .distributed import DistInfo, shard_indices
 from .tasks import check_supported
+
+logger = logging.getLogger(__name__)
 
 # The loss "auto" picks for each task the training loop implements.
 DEFAULT_LOSS = {"segmentation": "dice_ce", "classification": "ce", "multilabel": "bce", "restoration": "l1"}
@@ -78,6 +81,24 @@ def model_arguments(config: Config, dataset: Any) -> dict[str, Any]:
     out_channels = dataset.in_channels if dataset.task == "restoration" else dataset.num_classes
     return {"spatial_dims": dataset.spatial_dims, "in_channels": dataset.in_channels, "out_channels": out_channels,
             **config.model.args}
+
+
+def warn_absent_classes(num_classes: int, splits: dict[str, Any]) -> list[int]:
+    """Warn (and return them) when some of a classification model's ``num_classes`` classes occur in none of
+    the ``splits`` ({name: data set with a ``labels`` tensor of class indices}), with each split's counts: a
+    class no split holds is usually a wrong ``num_classes``, which otherwise trains silently."""
+    counts = {}
+    for name, dataset in splits.items():
+        labels = getattr(dataset, "labels", None)
+        if labels is None or getattr(dataset, "task", None) != "classification":
+            return []  # segmentation masks would have to be read: not checked here
+        values, numbers = torch.as_tensor(labels).flatten().unique(return_counts=True)
+        counts[name] = dict(zip(values.tolist(), numbers.tolist(), strict=True))
+    absent = sorted(set(range(num_classes)) - {c for split in counts.values() for c in split})
+    if absent:
+        logger.warning("num_classes is %d but classes %s occur in no split; label counts: %s", num_classes,
+                       absent, "; ".join(f"{name} {split}" for name, split in counts.items()))
+    return absent
 
 
 def check_model_task(config: Config, task: str) -> None:

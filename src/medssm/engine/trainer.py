@@ -56,6 +56,7 @@ from .setup import (
     prepare_run_dir,
     roi_size,
     versions,
+    warn_absent_classes,
 )
 
 logger = logging.getLogger(__name__)
@@ -193,6 +194,8 @@ def _setup_run(config: Config, out_dir: Path, resume: bool, device: torch.device
     val_set, val_transform = build_split(config, config.data.val_split, train=False)
     task = train_set.task
     model_args = model_arguments(config, train_set)
+    if info.is_main:
+        warn_absent_classes(model_args["out_channels"], {"train": train_set, "val": val_set})
     check_model_task(config, task)
     model = create_model(config.model.name, **model_args).to(device)
     train_model: nn.Module = model
