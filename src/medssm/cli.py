@@ -156,7 +156,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     written = predict_checkpoint(resolve_run_checkpoint(args.checkpoint), args.input, args.output,
                                  probabilities=args.probabilities, overwrite=args.overwrite, tta=args.tta,
-                                 roi_size=args.roi_size)
+                                 roi_size=args.roi_size, continue_on_error=args.continue_on_error,
+                                 skip_existing=args.skip_existing)
     print(f"wrote {len(written)} file(s) under {args.output}")
     return 0
 
@@ -353,6 +354,10 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     pr.add_argument("--tta", action="store_true", help="flip test-time augmentation")
     pr.add_argument("--roi-size", type=_roi, default=None, help="sliding-window size (default: the config's)")
     pr.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    pr.add_argument("--skip-existing", action="store_true",
+                    help="leave cases whose outputs exist (or whose CSV row exists) alone: rerun after a failure")
+    pr.add_argument("--continue-on-error", action="store_true",
+                    help="predict the other cases when one fails; the failures go to failed.json and the exit code")
     pr.set_defaults(func=cmd_predict)
 
 

@@ -364,3 +364,48 @@ def test_nnunet_channel_files_are_stacked_into_one_case(tmp_path):
     (folder / "b_0001.nii.gz").unlink()
     with pytest.raises(ValueError, match="case b: the model takes 2 channels but b_0001 is missing"):
         predict_path(folder, tmp_path / "out2", predict_fn, channels=2)
+
+
+def _folder_with_a_bad_case(tmp_path: Path) -> Path:
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    for i in range(3):
+        write_png(cases / f"c{i}.png", seed=i)
+    (cases / "c1.png").write_bytes(b"not a png")  # unreadable: fails when loaded
+    return cases
+
+
+def test_continue_on_error_writes_the_others_and_lists_the_failures(tmp_path):
+    # issue 26, defect 6: a folder stopped at the first unreadable file (classification wrote no CSV at all)
+    cases = _folder_with_a_bad_case(tmp_path)
+    with pytest.raises(ValueError, match="c1.png"):
+        predict_path(cases, tmp_path / "out", threshold_fn)  # the default still stops at the first failure
+    with pytest.raises(RuntimeError, match=r"1 of 2 case\(s\) failed .*failed.json.*c1.png"):
+        predict_path(cases, tmp_path / "out", threshold_fn, continue_on_error=True, skip_existing=True)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["c0.png", "c2.png", "failed.json"]
+    failed = __import__("json").loads((tmp_path / "out" / "failed.json").read_text())
+    assert [Path(f["input"]).name for f in failed] == ["c1.png"] and "c1.png" in failed[0]["error"]
+    # the rerun after fixing the file does only what is missing
+    write_png(cases / "c1.png", seed=1)
+    calls = []
+    assert predict_path(cases, tmp_path / "out", lambda x: calls.append(1) or threshold_fn(x),
+                        skip_existing=True, overwrite=False) == [tmp_path / "out" / "c1.png"]
+    assert len(calls) == 1
+
+
+def test_classification_continue_on_error_and_skip_existing_keep_the_csv_rows(tmp_path):
+    cases = _folder_with_a_bad_case(tmp_path)
+
+    def classify(image: torch.Tensor) -> torch.Tensor:
+        return torch.tensor([[0.25, 0.75]])
+
+    with pytest.raises(RuntimeError, match="c1.png"):
+        predict_path(cases, tmp_path / "out", classify, task="classification", continue_on_error=True)
+    csv_path = tmp_path / "out" / "predictions.csv"
+    assert [line.split(",")[0] for line in csv_path.read_text().splitlines()] == ["case", "c0.png", "c2.png"]
+    with pytest.raises(FileExistsError):
+        predict_path(cases, tmp_path / "out", classify, task="classification")
+    write_png(cases / "c1.png", seed=1)
+    predict_path(cases, tmp_path / "out", classify, task="classification", skip_existing=True)
+    assert [line.split(",")[0] for line in csv_path.read_text().splitlines()] == ["case", "c0.png", "c2.png",
+                                                                                    "c1.png"]

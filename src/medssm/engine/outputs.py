@@ -20,6 +20,7 @@ from medssm.engine.files import atomic_path, check_output
 LOSSLESS_RASTER_SUFFIXES = (".png", ".tif", ".tiff", ".bmp")
 _TIFF_SUFFIXES = (".tif", ".tiff")
 CSV_NAME = "predictions.csv"
+FAILED_NAME = "failed.json"  # the cases a prediction with continue_on_error could not do
 
 
 def looks_like_file(path: Path) -> bool:
@@ -186,6 +187,16 @@ def write_case(result: np.ndarray, loaded: LoadedImage, paths: list[Path], task:
                 nib.save(_nifti_image(_channels_last(result.astype(np.float32)), loaded), temps[1])
             else:
                 np.savez_compressed(temps[1], probabilities=result.astype(np.float32))
+
+
+def read_csv_rows(path: Path) -> list[tuple[str, np.ndarray]]:
+    """The (case name, probabilities) rows of a predictions.csv written by :func:`csv_text`."""
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if not header or header[:2] != ["case", "predicted"]:
+            raise ValueError(f"{path}: not a medssm predictions.csv (header {header})")
+        return [(row[0], np.array([float(v) for v in row[2:]], dtype=np.float32)) for row in reader if row]
 
 
 def csv_text(rows: list[tuple[str, np.ndarray]]) -> str:

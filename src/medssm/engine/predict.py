@@ -23,6 +23,7 @@ cases finished before it stay, and existing outputs are refused before any work 
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -32,18 +33,20 @@ import torch
 
 from medssm.data.io import LoadedImage
 from medssm.data.transforms import eval_transforms
-from medssm.engine.cases import find_cases, is_dicom_series, list_cases, load_case
+from medssm.engine.cases import Case, find_cases, is_dicom_series, list_cases, load_case
 from medssm.engine.checkpoint import load_model
 from medssm.engine.config import config_from_dict
 from medssm.engine.files import write_text_atomic
 from medssm.engine.inference import infer
 from medssm.engine.outputs import (
     CSV_NAME,
+    FAILED_NAME,
     check_plan,
     csv_text,
     looks_like_file,
     plan_outputs,
     raster_scale,
+    read_csv_rows,
     write_case,
 )
 from medssm.engine.setup import roi_size as config_roi_size
@@ -101,6 +104,8 @@ def predict_path(
     overwrite: bool = False,
     preprocess: Preprocess | None = None,
     channels: int = 1,
+    continue_on_error: bool = False,
+    skip_existing: bool = False,
 ) -> list[Path]:
     """Predict every case under ``input`` and write the results under ``output``; return the written paths.
 
@@ -124,9 +129,14 @@ def predict_path(
     ``X_0001.nii.gz``, ... are stacked into one case ``X`` (written as ``X.nii.gz`` with _0000's geometry);
     naming any one of them as ``input`` predicts that case. A missing channel file is a ValueError.
 
-    Raises FileExistsError (before any prediction) for an existing output unless ``overwrite``; ValueError for
-    unsupported inputs, mismatched output suffixes or clashing output names; RuntimeError naming the input
-    file when a case fails (that case leaves no file; earlier cases keep theirs).
+    Raises FileExistsError (before any prediction) for an existing output unless ``overwrite`` or
+    ``skip_existing``; ValueError for unsupported inputs, mismatched output suffixes or clashing output names;
+    RuntimeError naming the input file when a case fails (that case leaves no file; earlier cases keep theirs).
+
+    ``continue_on_error``: a case that fails is recorded and the others are still predicted (and the CSV
+    written); the failures are listed in ``failed.json`` beside the outputs and in the RuntimeError raised at
+    the end. ``skip_existing``: cases whose outputs all exist (for classification: whose row is already in the
+    CSV, whose rows are kept) are not predicted again, so a rerun after a failure does only what is missing.
     """
     check_supported(task, PREDICT_TASKS, "predict_path")
     if probabilities and task == "restoration":
@@ -136,42 +146,77 @@ def predict_path(
     cases = find_cases(input, channels)
     single = input.is_file() or is_dicom_series(input)
 
+    rows: list[tuple[str, np.ndarray]] = []
     if task == "classification":
         to_csv = output.name.lower().endswith(".csv")
         if not to_csv and (output.is_file() or looks_like_file(output)):
             raise ValueError(f"{output}: classification output must be a folder or a .csv file")
         csv_path = output if to_csv else output / CSV_NAME
-        check_plan([(input, [csv_path])], overwrite)
-        plan = [(case, []) for case in cases]
+        check_plan([(input, [csv_path])], overwrite or skip_existing)
+        if skip_existing and csv_path.is_file():
+            rows = read_csv_rows(csv_path)
+        done = {name for name, _ in rows}
+        plan = [(case, []) for case in cases if case.input.name not in done]
+        failures_dir = csv_path.parent
     else:
         plan = plan_outputs(cases, single, output, task, probabilities)
+        if skip_existing:
+            plan = [(case, paths) for case, paths in plan if not all(path.is_file() for path in paths)]
         check_plan([(case.input, paths) for case, paths in plan], overwrite)
+        failures_dir = output.parent if single and looks_like_file(output) else output
+    skipped = len(cases) - len(plan)
+    if skipped:
+        logger.info("%d case(s) skipped: their outputs exist", skipped)
 
     written: list[Path] = []
-    rows: list[tuple[str, np.ndarray]] = []
+    failures: list[dict[str, str]] = []
     for case, paths in plan:
-        loaded = load_case(case)  # its errors already name the file
         try:
-            result = _run(predict_fn, preprocess(loaded), loaded, task)
-            if task == "classification":
-                rows.append((case.input.name, result))
-                logger.info("%s: class %d (p=%.3f)", case.input, int(result.argmax()), float(result.max()))
-                continue
-            write_case(result, loaded, paths, task)
-        except Exception as error:
-            raise RuntimeError(f"{case.input}: prediction failed ({type(error).__name__}: {error})") from error
-        written.extend(paths)
-        logger.info("%s -> %s", case.input, ", ".join(str(p) for p in paths))
-    if task == "classification":
+            result = _predict_case(case, paths, predict_fn, preprocess, task)
+        except Exception as error:  # noqa: BLE001  (with continue_on_error every case's failure is recorded)
+            if not continue_on_error:
+                raise
+            failures.append({"input": str(case.input), "error": str(error)})
+            logger.error("%s", error)
+            continue
+        if task == "classification":
+            rows.append((case.input.name, result))
+        else:
+            written.extend(paths)
+    if task == "classification" and rows:
         write_text_atomic(csv_path, csv_text(rows))
         written.append(csv_path)
         logger.info("%d cases -> %s", len(rows), csv_path)
+    if failures:
+        report = failures_dir / FAILED_NAME
+        write_text_atomic(report, json.dumps(failures, indent=2) + "\n")
+        raise RuntimeError(f"{len(failures)} of {len(plan)} case(s) failed (listed in {report}; the others were "
+                           "written; rerun with --skip-existing after fixing them): "
+                           + "; ".join(f["input"] for f in failures))
     return written
+
+
+def _predict_case(case: Case, paths: list[Path], predict_fn: PredictFn, preprocess: Preprocess,
+                  task: str) -> np.ndarray:
+    """Load, predict and (dense tasks) write one case; return its result."""
+    loaded = load_case(case)  # its errors already name the file
+    try:
+        result = _run(predict_fn, preprocess(loaded), loaded, task)
+        if task != "classification":
+            write_case(result, loaded, paths, task)
+    except Exception as error:
+        raise RuntimeError(f"{case.input}: prediction failed ({type(error).__name__}: {error})") from error
+    if task == "classification":
+        logger.info("%s: class %d (p=%.3f)", case.input, int(result.argmax()), float(result.max()))
+    else:
+        logger.info("%s -> %s", case.input, ", ".join(str(p) for p in paths))
+    return result
 
 
 def predict_checkpoint(checkpoint: str | Path, input: str | Path, output: str | Path, probabilities: bool = False,
                        overwrite: bool = False, tta: bool = False, roi_size: Sequence[int] | None = None,
-                       device: str = "cpu") -> list[Path]:
+                       device: str = "cpu", continue_on_error: bool = False,
+                       skip_existing: bool = False) -> list[Path]:
     """``medssm predict``: load a checkpoint and run :func:`predict_path` with the run's own preprocessing
     (the evaluation transforms of its config: intensity normalisation per modality) and inference settings
     (sliding window over the training patch size, overlap, optional flip TTA)."""
@@ -199,4 +244,5 @@ def predict_checkpoint(checkpoint: str | Path, input: str | Path, output: str | 
 
     file_task = "classification" if task == "multilabel" else task
     return predict_path(input, output, predict_fn, task=file_task, probabilities=probabilities,
-                        overwrite=overwrite, preprocess=preprocess, channels=in_channels)
+                        overwrite=overwrite, preprocess=preprocess, channels=in_channels,
+                        continue_on_error=continue_on_error, skip_existing=skip_existing)
