@@ -123,7 +123,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume and (args.config or args.overrides):
         raise ValueError("--resume continues a run with its saved config; do not pass --config or overrides")
     config = None if args.resume else load_config(resolve_config(args.config), args.overrides)
-    summary = train(config, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+    summary = train(config, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
+                    device=args.device)
     if int(os.environ.get("RANK", "0")) == 0:
         best = summary["best"]
         print(f"finished at step {summary['step']}: best {summary['best_metric']} "
@@ -142,7 +143,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.roi_size:
         overrides.append(f"inference.roi_size={list(args.roi_size)}")
     out = args.out or Path(args.checkpoint) / f"eval-{args.split or 'test'}"
-    metrics = evaluate(checkpoint, out, split=args.split, overrides=overrides, overwrite=args.overwrite)
+    metrics = evaluate(checkpoint, out, split=args.split, overrides=overrides, overwrite=args.overwrite,
+                       device=args.device or "auto", progress=not args.no_progress)
     width = max(len(k) for k in metrics)
     for key, value in metrics.items():
         print(f"{key:<{width}}  {value:.4f}")
@@ -157,7 +159,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     written = predict_checkpoint(resolve_run_checkpoint(args.checkpoint), args.input, args.output,
                                  probabilities=args.probabilities, overwrite=args.overwrite, tta=args.tta,
                                  roi_size=args.roi_size, continue_on_error=args.continue_on_error,
-                                 skip_existing=args.skip_existing)
+                                 skip_existing=args.skip_existing, device=args.device or "auto",
+                                 progress=not args.no_progress)
     print(f"wrote {len(written)} file(s) under {args.output}")
     return 0
 
@@ -320,6 +323,14 @@ def _add_bench_models(bench_sub: argparse._SubParsersAction) -> None:
     mo.set_defaults(func=cmd_bench_models)
 
 
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    """--device and --no-progress, shared by train, evaluate and predict."""
+    parser.add_argument("--device", default=None,
+                        help="auto, cpu, cuda or cuda:<index> (default: train.device of the config for train, "
+                             "auto for evaluate and predict)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
 def _add_train(sub: argparse._SubParsersAction) -> None:
     tr = sub.add_parser("train", help="train a model from a YAML config (torchrun for several processes)",
                         description="Train from --config (a file or a shipped name) with key=value overrides, "
@@ -328,7 +339,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--out", type=Path, required=True, help="run folder (config, log, curves, checkpoints)")
     tr.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     tr.add_argument("--overwrite", action="store_true", help="delete an existing run in --out and start again")
-    tr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_run_options(tr)
     tr.add_argument("overrides", nargs="*", help="section.key=value (YAML value), e.g. train.lr=3e-4")
     tr.set_defaults(func=cmd_train)
 
@@ -341,6 +352,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--tta", action="store_true", help="flip test-time augmentation")
     ev.add_argument("--roi-size", type=_roi, default=None, help="sliding-window size, e.g. 96,96")
     ev.add_argument("--overwrite", action="store_true", help="replace an existing report")
+    _add_run_options(ev)
     ev.add_argument("overrides", nargs="*", help="config overrides, e.g. data.args.root=/data/drive")
     ev.set_defaults(func=cmd_evaluate)
 
@@ -358,6 +370,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
                     help="leave cases whose outputs exist (or whose CSV row exists) alone: rerun after a failure")
     pr.add_argument("--continue-on-error", action="store_true",
                     help="predict the other cases when one fails; the failures go to failed.json and the exit code")
+    _add_run_options(pr)
     pr.set_defaults(func=cmd_predict)
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from ..conventions import DENSE_TASKS
 from .checkpoint import load_model
@@ -21,16 +22,18 @@ from .files import check_output
 from .inference import infer
 from .metrics import Metrics
 from .report import plot_overlays, write_metrics
-from .setup import build_split, evaluation_loader, roi_size
+from .setup import build_split, evaluation_loader, pick_device, roi_size
 
 logger = logging.getLogger(__name__)
 
 
 def evaluate(checkpoint: str | Path, out_dir: str | Path, split: str | None = None,
              overrides: list[str] | None = None, overwrite: bool = False, max_overlays: int = 8,
-             device: str = "cpu") -> dict[str, float]:
+             device: str = "auto", progress: bool = False) -> dict[str, float]:
     """Score ``checkpoint`` on ``split`` (default: the config's test split) and write the report to
-    ``out_dir``: metrics.json, metrics.md, per_case.csv, predictions.png. Returns the metrics."""
+    ``out_dir``: metrics.json, metrics.md, per_case.csv, predictions.png. Returns the metrics. ``device``:
+    auto, cpu, cuda or cuda:<index>; ``progress``: a progress bar over the cases."""
+    device = pick_device(device)
     out_dir = Path(out_dir)
     for name in ("metrics.json", "metrics.md", "per_case.csv", "predictions.png"):
         check_output(out_dir / name, overwrite, "report file")
@@ -48,7 +51,8 @@ def evaluate(checkpoint: str | Path, out_dir: str | Path, split: str | None = No
     examples: dict[str, list[torch.Tensor]] = {"images": [], "targets": [], "predictions": []}
     names: list[str] = []
     inf = config.inference
-    for index, batch in enumerate(loader):
+    for index, batch in enumerate(tqdm(loader, desc="evaluate", unit="batch", disable=not progress,
+                                       dynamic_ncols=True)):
         output = infer(model, batch["image"].to(device), task, roi_size=roi_size(config, task),
                        overlap=inf.overlap, sw_batch_size=inf.sw_batch_size, tta_flips=inf.tta).float().cpu()
         fov = batch.get("fov")

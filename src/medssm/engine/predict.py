@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from medssm.data.io import LoadedImage
 from medssm.data.transforms import eval_transforms
@@ -49,6 +50,7 @@ from medssm.engine.outputs import (
     read_csv_rows,
     write_case,
 )
+from medssm.engine.setup import pick_device
 from medssm.engine.setup import roi_size as config_roi_size
 from medssm.engine.tasks import check_supported
 
@@ -106,6 +108,7 @@ def predict_path(
     channels: int = 1,
     continue_on_error: bool = False,
     skip_existing: bool = False,
+    progress: bool = False,
 ) -> list[Path]:
     """Predict every case under ``input`` and write the results under ``output``; return the written paths.
 
@@ -170,7 +173,7 @@ def predict_path(
 
     written: list[Path] = []
     failures: list[dict[str, str]] = []
-    for case, paths in plan:
+    for case, paths in tqdm(plan, desc="predict", unit="case", disable=not progress, dynamic_ncols=True):
         try:
             result = _predict_case(case, paths, predict_fn, preprocess, task)
         except Exception as error:  # noqa: BLE001  (with continue_on_error every case's failure is recorded)
@@ -215,11 +218,13 @@ def _predict_case(case: Case, paths: list[Path], predict_fn: PredictFn, preproce
 
 def predict_checkpoint(checkpoint: str | Path, input: str | Path, output: str | Path, probabilities: bool = False,
                        overwrite: bool = False, tta: bool = False, roi_size: Sequence[int] | None = None,
-                       device: str = "cpu", continue_on_error: bool = False,
-                       skip_existing: bool = False) -> list[Path]:
+                       device: str = "auto", continue_on_error: bool = False,
+                       skip_existing: bool = False, progress: bool = False) -> list[Path]:
     """``medssm predict``: load a checkpoint and run :func:`predict_path` with the run's own preprocessing
     (the evaluation transforms of its config: intensity normalisation per modality) and inference settings
-    (sliding window over the training patch size, overlap, optional flip TTA)."""
+    (sliding window over the training patch size, overlap, optional flip TTA). ``device``: auto, cpu, cuda or
+    cuda:<index>."""
+    device = pick_device(device)
     model, meta = load_model(checkpoint, device)
     config = config_from_dict(meta["config"], f"{checkpoint} config")
     task = meta["task"]
@@ -245,4 +250,4 @@ def predict_checkpoint(checkpoint: str | Path, input: str | Path, output: str | 
     file_task = "classification" if task == "multilabel" else task
     return predict_path(input, output, predict_fn, task=file_task, probabilities=probabilities,
                         overwrite=overwrite, preprocess=preprocess, channels=in_channels,
-                        continue_on_error=continue_on_error, skip_existing=skip_existing)
+                        continue_on_error=continue_on_error, skip_existing=skip_existing, progress=progress)

@@ -55,12 +55,22 @@ class SeededTransformDataset(Dataset):
 
 
 def pick_device(name: str) -> torch.device:
-    """``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``; ValueError for CUDA on a machine without it."""
+    """``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:<index>"``; ValueError naming the
+    device for CUDA on a machine without it (or without that index) and for anything else."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("train.device is 'cuda' but no CUDA device is available")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:<index>, got {name!r}") from error
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} asked for, but no CUDA device is available")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r} asked for, but there are {torch.cuda.device_count()} CUDA devices")
+    elif device.type != "cpu":
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:<index>, got {name!r}")
+    return device
 
 
 def build_split(config: Config, split: str, train: bool) -> tuple[Dataset, Any]:

@@ -116,7 +116,7 @@ class RunLog:
 
 
 def train(config: Config | None, out_dir: str | Path, resume: bool = False, overwrite: bool = False,
-          progress: bool = True) -> dict[str, Any]:
+          progress: bool = True, device: str | None = None) -> dict[str, Any]:
     """Train a model as ``config`` says, writing into ``out_dir``; ``resume`` continues a run from its last
     checkpoint with its saved config. Returns a summary (final step, best score, final validation metrics)."""
     out_dir = Path(out_dir)
@@ -128,6 +128,8 @@ def train(config: Config | None, out_dir: str | Path, resume: bool = False, over
         config = load_run_config(out_dir)
     if config is None:
         raise ValueError("train() needs a config unless resume=True")
+    if device is not None:  # the command line's --device, also for a resumed run
+        config.train.device = device
     device = pick_device(config.train.device)
     info = init_distributed(device.type)
     try:
