@@ -166,6 +166,8 @@ def test_classification_on_a_medmnist_file_and_1d_signals_from_a_ucr_file(tmp_pa
     assert set(summary["val_metrics"]) == {"accuracy", "balanced_accuracy", "auc", "f1"}
     metrics = evaluate(tmp_path / "cls" / "checkpoints" / "best", tmp_path / "cls_eval")
     assert 0 <= metrics["accuracy"] <= 1 and (tmp_path / "cls_eval" / "metrics.md").is_file()
+    info = json.loads((tmp_path / "cls_eval" / "metrics.json").read_text())["info"]
+    assert info["device"] == "cpu" and 0 < info["inference_seconds_per_case"] < 10
 
     lines = [" ".join([str(1 + i % 2)] + [f"{np.sin(t / (3 + i % 2)):.4f}" for t in range(40)]) for i in range(12)]
     (tmp_path / "Toy_TRAIN.txt").write_text("\n".join(lines))

@@ -8,6 +8,7 @@ another data root, sliding-window size or flip test-time augmentation).
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -51,10 +52,13 @@ def evaluate(checkpoint: str | Path, out_dir: str | Path, split: str | None = No
     examples: dict[str, list[torch.Tensor]] = {"images": [], "targets": [], "predictions": []}
     names: list[str] = []
     inf = config.inference
+    infer_seconds = 0.0  # the model's inference alone (sliding windows, TTA), without loading or metrics
     for index, batch in enumerate(tqdm(loader, desc="evaluate", unit="batch", disable=not progress,
                                        dynamic_ncols=True)):
+        started = time.perf_counter()
         output = infer(model, batch["image"].to(device), task, roi_size=roi_size(config, task),
                        overlap=inf.overlap, sw_batch_size=inf.sw_batch_size, tta_flips=inf.tta).float().cpu()
+        infer_seconds += time.perf_counter() - started
         fov = batch.get("fov")
         # Volumes carry their voxel size: HD95 in world units (mm) rather than voxels.
         spacing = batch["spacing"][0].tolist() if dense and "spacing" in batch else None
@@ -76,7 +80,8 @@ def evaluate(checkpoint: str | Path, out_dir: str | Path, split: str | None = No
     metrics = total.compute()
     info = {"checkpoint": str(checkpoint), "model": meta["model"], "dataset": config.data.name, "split": split,
             "cases": len(dataset), "seed": meta.get("seed"), "trained_steps": meta.get("step"),
-            "tta": inf.tta, "roi_size": roi_size(config, task)}
+            "tta": inf.tta, "roi_size": roi_size(config, task), "device": str(device),
+            "inference_seconds_per_case": infer_seconds / max(len(dataset), 1)}
     write_metrics(metrics, out_dir, title=f"{meta['model']} on {config.data.name} ({split})", info=info,
                   per_case=per_case or None)
     if examples["images"] and task == "segmentation":
