@@ -28,6 +28,7 @@ def _shape(text: str) -> tuple[int, int, int, int]:
 
 
 def _sides(text: str) -> list[int]:
+    """Comma-separated positive integers (sizes, sides, a sliding-window roi)."""
     try:
         values = [int(v) for v in text.split(",")]
     except ValueError:
@@ -223,16 +224,6 @@ def resolve_config(name: str | None) -> Path | None:
     raise FileNotFoundError(f"--config {name!r} is neither a file nor a shipped config ({', '.join(shipped)})")
 
 
-def _roi(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",")]
-    except ValueError:
-        values = []
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"--roi-size expects positive integers like 96,96 (got {text!r})")
-    return values
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every subcommand; each sets ``func``, the ``cmd_*`` function that runs it."""
     parser = argparse.ArgumentParser(prog="medssm", description="Mamba models for medical images and signals")
@@ -350,7 +341,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--split", default=None, help="dataset split (default: the config's test split)")
     ev.add_argument("--out", type=Path, default=None, help="report folder (default: <checkpoint>/eval-<split>)")
     ev.add_argument("--tta", action="store_true", help="flip test-time augmentation")
-    ev.add_argument("--roi-size", type=_roi, default=None, help="sliding-window size, e.g. 96,96")
+    ev.add_argument("--roi-size", type=_sides, default=None, help="sliding-window size, e.g. 96,96")
     ev.add_argument("--overwrite", action="store_true", help="replace an existing report")
     _add_run_options(ev)
     ev.add_argument("overrides", nargs="*", help="config overrides, e.g. data.args.root=/data/drive")
@@ -364,7 +355,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     pr.add_argument("--output", type=Path, required=True, help="output file (single input) or folder")
     pr.add_argument("--probabilities", action="store_true", help="also write per-class probabilities")
     pr.add_argument("--tta", action="store_true", help="flip test-time augmentation")
-    pr.add_argument("--roi-size", type=_roi, default=None, help="sliding-window size (default: the config's)")
+    pr.add_argument("--roi-size", type=_sides, default=None, help="sliding-window size (default: the config's)")
     pr.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     pr.add_argument("--skip-existing", action="store_true",
                     help="leave cases whose outputs exist (or whose CSV row exists) alone: rerun after a failure")
