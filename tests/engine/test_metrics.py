@@ -370,3 +370,16 @@ def test_segmentation_auc_is_nan_without_both_classes():
     metrics = Metrics("segmentation", 2, hd95=False)
     metrics.update(torch.full((1, 2, 4, 4), 0.5), torch.zeros(1, 1, 4, 4, dtype=torch.long))
     assert math.isnan(metrics.compute()["auc"])
+
+
+def test_per_class_classification_and_confusion_matrix_by_hand():
+    from medssm.engine.metrics import confusion_matrix, per_class_classification
+
+    prob = torch.tensor([[0.9, 0.1, 0.0], [0.2, 0.7, 0.1], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4], [0.6, 0.2, 0.2]])
+    target = torch.tensor([0, 1, 2, 2, 1])
+    assert confusion_matrix(prob, target).tolist() == [[1, 0, 0], [1, 1, 0], [0, 1, 1]]
+    out = per_class_classification(prob, target)
+    assert [out[f"support_{k}"] for k in range(3)] == [1, 2, 2]
+    assert out["recall_1"] == 0.5 and out["precision_0"] == 0.5 and out["precision_2"] == 1.0
+    assert out["f1_2"] == pytest.approx(2 / 3)
+    assert out["auc_0"] == 1.0  # the one class-0 case has the highest class-0 probability

@@ -168,6 +168,14 @@ def test_classification_on_a_medmnist_file_and_1d_signals_from_a_ucr_file(tmp_pa
     assert 0 <= metrics["accuracy"] <= 1 and (tmp_path / "cls_eval" / "metrics.md").is_file()
     info = json.loads((tmp_path / "cls_eval" / "metrics.json").read_text())["info"]
     assert info["device"] == "cpu" and 0 < info["inference_seconds_per_case"] < 10
+    # issue 26, item 12: classification reports as rich as segmentation's
+    assert {"support_0", "recall_2", "precision_1", "f1_0", "auc_2"} <= set(metrics)
+    assert sum(metrics[f"support_{k}"] for k in range(3)) == 8
+    rows = (tmp_path / "cls_eval" / "per_case.csv").read_text().splitlines()
+    assert rows[0] == "case,label,predicted,prob_0,prob_1,prob_2" and rows[1].startswith("test_0,0,")
+    assert len(rows) == 9 and "recall_1" in (tmp_path / "cls_eval" / "metrics.md").read_text()
+    for png in ("confusion.png", "roc.png"):
+        assert (tmp_path / "cls_eval" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     lines = [" ".join([str(1 + i % 2)] + [f"{np.sin(t / (3 + i % 2)):.4f}" for t in range(40)]) for i in range(12)]
     (tmp_path / "Toy_TRAIN.txt").write_text("\n".join(lines))

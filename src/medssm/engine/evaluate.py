@@ -21,8 +21,8 @@ from .config import apply_overrides, config_from_dict
 from .distributed import DistInfo
 from .files import check_output
 from .inference import infer
-from .metrics import Metrics
-from .report import plot_overlays, write_metrics
+from .metrics import Metrics, confusion_matrix, per_class_classification
+from .report import plot_confusion, plot_overlays, plot_roc, write_metrics
 from .setup import build_split, evaluation_loader, pick_device, roi_size
 
 logger = logging.getLogger(__name__)
@@ -32,11 +32,12 @@ def evaluate(checkpoint: str | Path, out_dir: str | Path, split: str | None = No
              overrides: list[str] | None = None, overwrite: bool = False, max_overlays: int = 8,
              device: str = "auto", progress: bool = False) -> dict[str, float]:
     """Score ``checkpoint`` on ``split`` (default: the config's test split) and write the report to
-    ``out_dir``: metrics.json, metrics.md, per_case.csv, predictions.png. Returns the metrics. ``device``:
+    ``out_dir``: metrics.json, metrics.md, per_case.csv, predictions.png (segmentation overlays), confusion.png
+    and roc.png (classification, whose metrics also get per-class values). Returns the metrics. ``device``:
     auto, cpu, cuda or cuda:<index>; ``progress``: a progress bar over the cases."""
     device = pick_device(device)
     out_dir = Path(out_dir)
-    for name in ("metrics.json", "metrics.md", "per_case.csv", "predictions.png"):
+    for name in ("metrics.json", "metrics.md", "per_case.csv", "predictions.png", "confusion.png", "roc.png"):
         check_output(out_dir / name, overwrite, "report file")
     model, meta = load_model(checkpoint, device)
     config = config_from_dict(apply_overrides(meta["config"], overrides or []), f"{checkpoint} config")
@@ -51,6 +52,7 @@ def evaluate(checkpoint: str | Path, out_dir: str | Path, split: str | None = No
     per_case: list[dict[str, Any]] = []
     examples: dict[str, list[torch.Tensor]] = {"images": [], "targets": [], "predictions": []}
     names: list[str] = []
+    vectors: dict[str, list] = {"prob": [], "label": [], "names": []}  # classification: per case
     inf = config.inference
     infer_seconds = 0.0  # the model's inference alone (sliding windows, TTA), without loading or metrics
     for index, batch in enumerate(tqdm(loader, desc="evaluate", unit="batch", disable=not progress,
@@ -64,6 +66,10 @@ def evaluate(checkpoint: str | Path, out_dir: str | Path, split: str | None = No
         spacing = batch["spacing"][0].tolist() if dense and "spacing" in batch else None
         if not dense:
             total.update(output, batch["label"], fov=fov)
+            vectors["prob"].append(output)
+            vectors["label"].append(batch["label"])
+            vectors["names"] += list(batch.get("name", [f"case_{len(vectors['names']) + i:04d}"
+                                                       for i in range(len(output))]))
             continue
         # One case per batch: its own row, then folded into the total (HD95 is computed once per case).
         case = Metrics(task, num_classes)
@@ -78,6 +84,14 @@ def evaluate(checkpoint: str | Path, out_dir: str | Path, split: str | None = No
             examples["predictions"].append(prediction[0])
             names.append(name)
     metrics = total.compute()
+    if task == "classification":
+        prob, label = torch.cat(vectors["prob"]), torch.cat(vectors["label"]).long().flatten()
+        metrics.update(per_class_classification(prob, label))
+        per_case = [{"case": name, "label": int(y), "predicted": int(p.argmax()),
+                     **{f"prob_{k}": float(v) for k, v in enumerate(p)}}
+                    for name, y, p in zip(vectors["names"], label, prob, strict=True)]
+        plot_confusion(confusion_matrix(prob, label), out_dir / "confusion.png")
+        plot_roc(prob, label, out_dir / "roc.png")
     info = {"checkpoint": str(checkpoint), "model": meta["model"], "dataset": config.data.name, "split": split,
             "cases": len(dataset), "seed": meta.get("seed"), "trained_steps": meta.get("step"),
             "tta": inf.tta, "roi_size": roi_size(config, task), "device": str(device),

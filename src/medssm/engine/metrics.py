@@ -415,3 +415,27 @@ def _multilabel(prob: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
     pred = (prob >= 0.5).float()
     _, f1 = _confusion_means(pred, target)
     return {"auc": _auc(prob, target), "accuracy": _mean((pred == target).float()), "f1": f1}
+
+
+def per_class_classification(prob: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+    """Per-class values of a single-label classification, for reports: ``support_<k>`` (cases of class k),
+    ``recall_<k>``, ``precision_<k>``, ``f1_<k>`` and ``auc_<k>`` (class k against the rest), from
+    probabilities (N, K) and class indices (N,); nan where a value is undefined (no case or no prediction)."""
+    k = prob.shape[1]
+    target = target.long().flatten()
+    pred_1h, target_1h = F.one_hot(prob.argmax(1), k).float(), F.one_hot(target, k).float()
+    cm = get_confusion_matrix(pred_1h, target_1h, include_background=True).sum(0)  # (K, 4): tp fp tn fn
+    out: dict[str, float] = {}
+    for c in range(k):
+        out[f"support_{c}"] = float(target_1h[:, c].sum())
+        for name, key in (("recall", "sensitivity"), ("precision", "precision"), ("f1", "f1 score")):
+            out[f"{name}_{c}"] = float(compute_confusion_matrix_metric(key, cm[c:c + 1])[0])
+        out[f"auc_{c}"] = _auc(prob[:, c:c + 1], target_1h[:, c:c + 1])
+    return out
+
+
+def confusion_matrix(prob: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(K, K) counts: row = true class, column = predicted class, from probabilities (N, K) and indices (N,)."""
+    k = prob.shape[1]
+    index = target.long().flatten() * k + prob.argmax(1)
+    return torch.bincount(index, minlength=k * k).reshape(k, k)

@@ -305,3 +305,43 @@ def _plot_1d_row(axes: np.ndarray, image: np.ndarray, target: np.ndarray, pred: 
             ax.imshow(_rgba(labels)[None], extent=extent, aspect="auto", interpolation="nearest", origin="lower")
         ax.set_xlim(extent[0], extent[1])
         ax.set_ylim(extent[2], extent[3])
+
+
+# ---- classification ---------------------------------------------------------------------------------
+
+def plot_confusion(matrix: torch.Tensor | np.ndarray, path: str | Path) -> Path:
+    """The (K, K) confusion matrix (rows true, columns predicted) as a PNG, counts in the cells."""
+    matrix = np.asarray(matrix)
+    fig = Figure(figsize=(1.2 + 0.6 * len(matrix), 1.0 + 0.6 * len(matrix)))
+    ax = fig.add_subplot()
+    ax.imshow(matrix, cmap="Blues")
+    for (row, col), count in np.ndenumerate(matrix):
+        ax.text(col, row, str(int(count)), ha="center", va="center",
+                color="white" if count > matrix.max() / 2 else "black")
+    ax.set(xlabel="predicted", ylabel="true", xticks=range(len(matrix)), yticks=range(len(matrix)))
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_roc(prob: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray, path: str | Path) -> Path:
+    """One-vs-rest ROC curves (one per class with both positive and negative cases) as a PNG, each labelled
+    with its AUC (the trapezoidal area under the plotted curve)."""
+    prob, target = np.asarray(prob, dtype=np.float64), np.asarray(target).astype(int).ravel()
+    fig = Figure(figsize=(4.5, 4.2))
+    ax = fig.add_subplot()
+    for c in range(prob.shape[1]):
+        positive = target == c
+        if positive.all() or not positive.any():
+            continue
+        order = np.argsort(-prob[:, c], kind="stable")
+        tpr = np.concatenate([[0.0], np.cumsum(positive[order]) / positive.sum()])
+        fpr = np.concatenate([[0.0], np.cumsum(~positive[order]) / (~positive).sum()])
+        area = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
+        ax.plot(fpr, tpr, label=f"class {c} (AUC {area:.3f})")
+        if prob.shape[1] == 2:
+            break  # binary: class 1's curve is class 0's mirrored
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1))
+    ax.legend(loc="lower right", fontsize="small")
+    fig.tight_layout()
+    return _save(fig, path)
