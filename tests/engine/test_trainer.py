@@ -253,3 +253,18 @@ def test_classes_absent_from_every_split_are_warned_with_the_counts(caplog):
     assert warn_absent_classes(2, {"train": train, "val": val}) == [] and not caplog.text
     masks = SimpleNamespace(task="segmentation")
     assert warn_absent_classes(9, {"train": masks}) == []
+
+
+def test_the_best_checkpoint_is_selected_on_the_metric_asked_for(tmp_path):
+    # issue 26, item 11 (part): model selection on any validation metric, not only the task's default
+    from medssm.engine.metrics import selection_metric
+
+    assert selection_metric("auto", "segmentation") == "dice" and selection_metric("hd95_1", "x") == "hd95_1"
+    with pytest.raises(ValueError, match="unknown metric name 'dcie'"):
+        selection_metric("dcie", "segmentation")
+    summary = train(config_from_dict(_config(max_steps=2, val_every=2, select_metric="dice_1")), tmp_path / "r",
+                    progress=False)
+    assert summary["best_metric"] == "dice_1"
+    with pytest.raises(ValueError, match="train.select_metric 'auc_7' is not among the validation metrics"):
+        train(config_from_dict(_config(max_steps=2, val_every=2, select_metric="auc_7")), tmp_path / "s",
+              progress=False)

@@ -67,6 +67,7 @@ class TrainConfig:
     checkpoint_every: int = 50  # steps between checkpoints of the resumable state
     log_every: int = 10
     early_stopping: int = 0  # stop after this many validations without improvement; 0 = never
+    select_metric: str = "auto"  # the validation metric that picks the best checkpoint; auto: the task's
     num_workers: int = 0
     device: str = "auto"  # auto | cpu | cuda
 

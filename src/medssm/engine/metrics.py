@@ -78,6 +78,8 @@ HIGHER_IS_BETTER = {
     "hd95_skipped": False,
     "accuracy": True,
     "balanced_accuracy": True,
+    "recall": True,
+    "precision": True,
     "auc": True,
     "f1": True,
     "psnr": True,
@@ -87,6 +89,15 @@ HIGHER_IS_BETTER = {
 
 AUC_BINS = 1 << 16  # probability bins of the pooled segmentation AUC
 SSIM_WINDOW = 11  # MONAI's (and the SSIM paper's) Gaussian window; shrunk for smaller images.
+
+
+def selection_metric(name: str, task: str) -> str:
+    """The validation metric that selects the best checkpoint: ``PRIMARY_METRIC[task]`` for "auto", else
+    ``name`` when it is a known metric (see :func:`higher_is_better`; e.g. balanced_accuracy, dice_2, hd95)."""
+    if name == "auto":
+        return PRIMARY_METRIC[task]
+    higher_is_better(name)  # raises ValueError naming the known metrics
+    return name
 
 
 def higher_is_better(name: str) -> bool:

@@ -40,7 +40,7 @@ from .distributed import (
 )
 from .files import write_text_atomic
 from .inference import infer
-from .metrics import HIGHER_IS_BETTER, PRIMARY_METRIC, Metrics
+from .metrics import Metrics, higher_is_better, selection_metric
 from .report import plot_curves
 from .setup import (
     SeededTransformDataset,
@@ -225,7 +225,8 @@ def _setup_run(config: Config, out_dir: Path, resume: bool, device: torch.device
                sampler=sampler,
                train_view=SeededTransformDataset(train_set, train_transform, tc.seed),
                val_loader=evaluation_loader(val_set, val_transform, task, tc.batch_size, info, tc.num_workers),
-               steps_per_epoch=sampler.batches_per_epoch(), total_steps=total_steps, metric=PRIMARY_METRIC[task],
+               steps_per_epoch=sampler.batches_per_epoch(), total_steps=total_steps,
+               metric=selection_metric(tc.select_metric, task),
                log=RunLog(out_dir / "log.jsonl", info), meta=meta,
                counters={"step": 0, "epoch": 0, "batch_in_epoch": 0, "best": None, "best_step": None,
                          "bad_validations": 0, "last_val": None})
@@ -321,9 +322,11 @@ def _validate(run: _Run, bar: tqdm | None) -> bool:
     """Score the validation split, save the best checkpoint when it improved; True to stop early."""
     counters, step, tc = run.counters, run.counters["step"], run.config.train
     scores = run_validation(run.model, run.val_loader, run.task, run.num_classes, run.config, run.device)
+    if run.metric not in scores:
+        raise ValueError(f"train.select_metric {run.metric!r} is not among the validation metrics {sorted(scores)}")
     score = scores[run.metric]
     best = counters["best"]
-    improved = best is None or (score > best if HIGHER_IS_BETTER[run.metric] else score < best)
+    improved = best is None or (score > best if higher_is_better(run.metric) else score < best)
     counters["last_val"] = scores
     if improved:
         counters["best"], counters["best_step"], counters["bad_validations"] = score, step, 0
