@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from medssm.data import load_split_file, seeded_split, select_cases
+from medssm.data import kfold_split, load_split_file, seeded_split, select_cases
 from medssm.data.splits import split_counts
 
 
@@ -84,3 +84,32 @@ def test_empty_seeded_split_names_root_and_split(tmp_path):
         select_cases(["only"], "val", tmp_path)
     with pytest.raises(ValueError, match="split must be one of"):
         select_cases(["a"], "validation", tmp_path)
+
+
+def test_kfold_split_tests_every_case_once_and_carves_val_from_the_rest():
+    names = [f"case{i:02d}" for i in range(23)]
+    tested: list[str] = []
+    for fold in range(5):
+        parts = kfold_split(list(reversed(names)), fold, 5, val_fraction=0.25, seed=3)
+        assert parts == kfold_split(names, fold, 5, val_fraction=0.25, seed=3)  # order of names is irrelevant
+        assert not set(parts["test"]) & (set(parts["train"]) | set(parts["val"]))
+        assert not set(parts["train"]) & set(parts["val"])
+        assert sorted(parts["train"] + parts["val"] + parts["test"]) == names
+        assert len(parts["test"]) in (4, 5) and len(parts["val"]) == int(0.25 * (23 - len(parts["test"])) + 0.5)
+        tested += parts["test"]
+    assert sorted(tested) == names
+    assert kfold_split(names, 0, 5, seed=4)["test"] != kfold_split(names, 0, 5, seed=3)["test"]
+
+
+def test_kfold_split_errors_and_select_cases(tmp_path):
+    names = ["a", "b", "c", "d"]
+    with pytest.raises(ValueError, match="num_folds must be"):
+        kfold_split(names, 0, 1)
+    with pytest.raises(ValueError, match="fold must be an integer in 0..3"):
+        kfold_split(names, 4, 4)
+    with pytest.raises(ValueError, match="5 folds need at least 5 cases"):
+        kfold_split(names, 0, 5)
+    assert select_cases(names, "test", tmp_path, fold=1, num_folds=4, val_fraction=0.0) == \
+        kfold_split(names, 1, 4, val_fraction=0.0)["test"]
+    with pytest.raises(ValueError, match="test_fraction must be 0"):
+        select_cases(names, "test", tmp_path, fold=1, num_folds=4, test_fraction=0.2)

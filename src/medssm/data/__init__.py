@@ -13,7 +13,7 @@ from .io import LoadedImage, image_kind, load_image, read_raster
 from .medmnist import MedMNIST
 from .nnunet import NnUNetDataset
 from .paired import PairedImageFolder
-from .splits import SPLITS, load_split_file, seeded_split, select_cases
+from .splits import SPLITS, kfold_split, load_split_file, seeded_split, select_cases
 from .synthetic import SyntheticSegmentation
 from .transforms import eval_transforms, train_transforms
 from .ucr import UCRDataset, read_ucr_file
@@ -42,6 +42,7 @@ __all__ = [
     "read_ucr_file",
     "seeded_split",
     "select_cases",
+    "kfold_split",
     "to_unit_range",
     "train_transforms",
 ]

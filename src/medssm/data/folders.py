@@ -58,6 +58,8 @@ class ImageMaskFolder(Dataset):
         num_classes: including background; mask values must fall in 0..num_classes-1 after mapping.
         mask_threshold: binarise masks as pixel > threshold (colour masks averaged first); for lossy JPEG
             masks, and only with num_classes=2.
+        fold, num_folds: with ``num_folds``, fold ``fold`` of a seeded k-fold partition is the test split and
+            ``val_fraction`` of the other cases the val split (:func:`medssm.data.kfold_split`).
         transform: callable applied to the item dict (e.g. :func:`medssm.data.train_transforms`).
     """
 
@@ -67,7 +69,7 @@ class ImageMaskFolder(Dataset):
     def __init__(self, root: str | Path, split: str = "train", images: str = "images", masks: str = "masks",
                  fov: str | None = None, image_suffix: str = "", mask_suffix: str = "", fov_suffix: str = "",
                  split_file: str | Path | None = None, val_fraction: float = 0.2, test_fraction: float = 0.0,
-                 seed: int = 0, num_classes: int = 2,
+                 seed: int = 0, fold: int | None = None, num_folds: int | None = None, num_classes: int = 2,
                  transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
                  mask_threshold: float | None = None) -> None:
         self.root, self.split = Path(root), check_split(split)
@@ -86,7 +88,8 @@ class ImageMaskFolder(Dataset):
             if fov_files is not None and key not in fov_files:
                 raise FileNotFoundError(f"{path}: no field-of-view mask for case {key!r} in {self.root / fov} "
                                         f"(looked for '{key}{fov_suffix}.*')")
-        self.cases = select_cases(list(image_files), split, self.root, split_file, val_fraction, test_fraction, seed)
+        self.cases = select_cases(list(image_files), split, self.root, split_file, val_fraction, test_fraction, seed,
+                                  fold=fold, num_folds=num_folds)
         self.image_paths = {key: image_files[key] for key in self.cases}
         self.mask_paths = {key: mask_files[key] for key in self.cases}
         self.fov_paths = None if fov_files is None else {key: fov_files[key] for key in self.cases}

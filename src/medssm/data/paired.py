@@ -45,6 +45,8 @@ class PairedImageFolder(Dataset):
             (``root/<case>/<noisy>.<ext>`` and ``root/<case>/<clean>.<ext>``).
         noisy, clean: folder names ("folders") or file names without extension ("cases").
         noisy_suffix, clean_suffix: removed from the file stems to form the case keys ("folders" only).
+        fold, num_folds: with ``num_folds``, fold ``fold`` of a seeded k-fold partition is the test split and
+            ``val_fraction`` of the other cases the val split (:func:`medssm.data.kfold_split`).
         transform: callable applied to the item dict (e.g. :func:`medssm.data.train_transforms`).
 
     ``spatial_dims`` and ``in_channels`` come from the first noisy file of the split; every case must match
@@ -56,7 +58,8 @@ class PairedImageFolder(Dataset):
     def __init__(self, root: str | Path, split: str = "train", layout: str = "folders", noisy: str = "noisy",
                  clean: str = "clean", noisy_suffix: str = "", clean_suffix: str = "",
                  split_file: str | Path | None = None, val_fraction: float = 0.2, test_fraction: float = 0.0,
-                 seed: int = 0, transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
+                 seed: int = 0, fold: int | None = None, num_folds: int | None = None,
+                 transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
         self.root, self.split, self.layout, self.transform = Path(root), check_split(split), layout, transform
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
@@ -70,7 +73,8 @@ class PairedImageFolder(Dataset):
                 raise ValueError("noisy_suffix and clean_suffix apply to layout 'folders' only; with layout "
                                  "'cases' give the file names (without extension) as noisy and clean")
             pairs = _pairs_from_cases(self.root, noisy, clean)
-        self.cases = select_cases(list(pairs), split, self.root, split_file, val_fraction, test_fraction, seed)
+        self.cases = select_cases(list(pairs), split, self.root, split_file, val_fraction, test_fraction, seed,
+                                  fold=fold, num_folds=num_folds)
         self.noisy_paths = {key: pairs[key][0] for key in self.cases}
         self.clean_paths = {key: pairs[key][1] for key in self.cases}
         first = read_unit_image(self.noisy_paths[self.cases[0]])

@@ -71,6 +71,29 @@ def seeded_split(names: Sequence[str], val_fraction: float = 0.2, test_fraction:
     return {split: [ordered[i] for i in indices[split]] for split in SPLITS}
 
 
+def kfold_split(names: Sequence[str], fold: int, num_folds: int, val_fraction: float = 0.2,
+                seed: int = 0) -> dict[str, list[str]]:
+    """Fold ``fold`` of a seeded ``num_folds``-fold partition of the case names as the test split; the val split
+    is ``val_fraction`` of the remaining cases (seeded), the rest is train. Each list sorted.
+
+    Ilse et al.'s MIL protocol and leave-subjects-out evaluation: every case is tested exactly once over the
+    folds, and model selection uses a validation split carved from the training folds only. The partition
+    depends only on the set of names, ``num_folds`` and ``seed`` (fold sizes differ by at most one).
+    """
+    if not isinstance(num_folds, int) or num_folds < 2:
+        raise ValueError(f"num_folds must be an integer >= 2, got {num_folds!r}")
+    if not isinstance(fold, int) or not 0 <= fold < num_folds:
+        raise ValueError(f"fold must be an integer in 0..{num_folds - 1}, got {fold!r}")
+    ordered = sorted(names)
+    if len(ordered) < num_folds:
+        raise ValueError(f"{num_folds} folds need at least {num_folds} cases, got {len(ordered)}")
+    order = np.random.default_rng(seed).permutation(len(ordered))
+    test = set(np.array_split(order, num_folds)[fold].tolist())
+    rest = [name for i, name in enumerate(ordered) if i not in test]
+    inner = seeded_split(rest, val_fraction, 0.0, seed)
+    return {"train": inner["train"], "val": inner["val"], "test": sorted(ordered[i] for i in test)}
+
+
 def load_split_file(path: str | Path, fold: int | None = None) -> dict[str, list[str]]:
     """Read a JSON split file: {"train": [...], "val": [...], "test": [...]} (any of the keys may be absent).
 
@@ -108,8 +131,10 @@ def load_split_file(path: str | Path, fold: int | None = None) -> dict[str, list
 
 def select_cases(names: Sequence[str], split: str, root: str | Path, split_file: str | Path | None = None,
                  val_fraction: float = 0.2, test_fraction: float = 0.0, seed: int = 0,
-                 fold: int | None = None) -> list[str]:
-    """The sorted case names of ``split``: from ``split_file`` if given, else a :func:`seeded_split`.
+                 fold: int | None = None, num_folds: int | None = None) -> list[str]:
+    """The sorted case names of ``split``: from ``split_file`` if given (``fold`` picks a fold of an nnU-Net
+    splits file), else fold ``fold`` of a :func:`kfold_split` when ``num_folds`` is given (``test_fraction``
+    must then be 0: the test split is the fold), else a :func:`seeded_split`.
 
     Raises ValueError naming ``root`` when the split is empty, and when the split file names cases that are
     not among ``names``.
@@ -122,6 +147,12 @@ def select_cases(names: Sequence[str], split: str, root: str | Path, split_file:
             raise ValueError(f"{split_file}: the {split!r} split names cases not found in {root}: {unknown[:10]}")
         chosen = sorted(listed[split])
         how = f"split file {split_file}"
+    elif num_folds is not None:
+        if test_fraction > 0:
+            raise ValueError(f"{root}: num_folds={num_folds} makes fold {fold} the test split; "
+                             f"test_fraction must be 0, got {test_fraction}")
+        chosen = kfold_split(names, 0 if fold is None else fold, num_folds, val_fraction, seed)[split]
+        how = f"fold {fold} of {num_folds}, val_fraction={val_fraction}"
     else:
         chosen = seeded_split(names, val_fraction, test_fraction, seed)[split]
         how = f"val_fraction={val_fraction}, test_fraction={test_fraction}"
