@@ -1,4 +1,5 @@
-"""The engine names the part that does not implement a task of medssm.conventions yet (mil, events)."""
+"""The engine names the part that does not implement a task of medssm.conventions yet (mil; events only in
+prediction from files)."""
 
 import pytest
 import torch
@@ -15,7 +16,16 @@ def test_engine_tasks_are_conventions_tasks():
     assert set(ENGINE_TASKS) <= set(TASKS)
 
 
-@pytest.mark.parametrize("task", ["mil", "events"])
+def test_events_are_trained_and_scored_but_not_predicted_from_files(tmp_path):
+    assert "events" in ENGINE_TASKS
+    assert Metrics("events", 2).task == "events" and isinstance(make_loss("auto", "events"), torch.nn.CrossEntropyLoss)
+    with pytest.raises(ValueError, match="not supported yet by predict_path"):
+        predict_path(tmp_path, tmp_path / "out", lambda x: x, task="events")
+    with pytest.raises(ValueError, match="flip test-time augmentation needs spatial axes"):
+        infer(torch.nn.Identity(), torch.zeros(1, 8, 4), "events", tta_flips=True)
+
+
+@pytest.mark.parametrize("task", ["mil"])
 def test_a_known_task_the_engine_lacks_is_named_as_not_supported_yet(task, tmp_path):
     with pytest.raises(ValueError, match=f"task '{task}' is not supported yet by Metrics"):
         Metrics(task, 2)

@@ -1,13 +1,15 @@
 """Datasets and transform presets for medical files.
 
-Every dataset is a torch ``Dataset`` of item dicts: "image" float32 (C, *spatial); "label" int64
-(1, *spatial) for segmentation, int64 scalar for classification, float32 (K,) for multi-label, float32
-(C, *spatial) for restoration; optional "fov" uint8 (1, *spatial) and "name" str (plus "affine" and "spacing"
-from NIfTI folders). Each has ``task``, ``spatial_dims``, ``in_channels``, ``num_classes`` and takes
-``split`` ("train" | "val" | "test") and ``transform`` (applied to the item dict).
+Every dataset is a torch ``Dataset`` of item dicts: "image" float32 (C, *spatial) (events: packed tokens
+(L, 4), see :mod:`medssm.data.ehr`); "label" int64 (1, *spatial) for segmentation, int64 scalar for
+classification and events, float32 (K,) for multi-label, float32 (C, *spatial) for restoration; optional "fov"
+uint8 (1, *spatial) and "name" str (plus "affine" and "spacing" from NIfTI folders). Each has ``task``,
+``spatial_dims``, ``in_channels``, ``num_classes`` and takes ``split`` ("train" | "val" | "test") and
+``transform`` (applied to the item dict).
 """
 
 from .build import DATASETS, build_dataset
+from .ehr import EventTokenizer, PhysioNet2012
 from .folders import ImageMaskFolder, read_fov, read_mask, to_unit_range
 from .io import LoadedImage, image_kind, load_image, read_raster
 from .medmnist import MedMNIST
@@ -22,12 +24,14 @@ from .wfdb import AAMI_CLASSES, WFDBBeats
 __all__ = [
     "AAMI_CLASSES",
     "DATASETS",
+    "EventTokenizer",
     "SPLITS",
     "ImageMaskFolder",
     "LoadedImage",
     "MedMNIST",
     "NnUNetDataset",
     "PairedImageFolder",
+    "PhysioNet2012",
     "SyntheticSegmentation",
     "UCRDataset",
     "WFDBBeats",

@@ -7,6 +7,7 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
+from .ehr import PhysioNet2012
 from .folders import ImageMaskFolder
 from .medmnist import MedMNIST
 from .nnunet import NnUNetDataset
@@ -23,6 +24,7 @@ DATASETS: dict[str, type[Dataset]] = {
     "wfdb": WFDBBeats,
     "ucr": UCRDataset,
     "synthetic": SyntheticSegmentation,
+    "physionet2012": PhysioNet2012,
 }
 
 

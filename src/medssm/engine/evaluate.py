@@ -22,8 +22,9 @@ from .distributed import DistInfo
 from .files import check_output
 from .inference import infer
 from .metrics import Metrics, confusion_matrix, per_class_classification
-from .report import plot_confusion, plot_overlays, plot_roc, write_metrics
+from .report import plot_confusion, plot_overlays, plot_reliability, plot_roc, write_metrics
 from .setup import build_split, evaluation_loader, pick_device, roi_size
+from .tasks import CLASS_LIKE_TASKS
 
 logger = logging.getLogger(__name__)
 
@@ -33,15 +34,19 @@ def evaluate(checkpoint: str | Path, out_dir: str | Path, split: str | None = No
              device: str = "auto", progress: bool = False) -> dict[str, float]:
     """Score ``checkpoint`` on ``split`` (default: the config's test split) and write the report to
     ``out_dir``: metrics.json, metrics.md, per_case.csv, predictions.png (segmentation overlays), confusion.png
-    and roc.png (classification, whose metrics also get per-class values). Returns the metrics. ``device``:
+    and roc.png (classification and events, whose metrics also get per-class values), reliability.png
+    (binary ones: calibration). Returns the metrics. ``device``:
     auto, cpu, cuda or cuda:<index>; ``progress``: a progress bar over the cases."""
     device = pick_device(device)
     out_dir = Path(out_dir)
-    for name in ("metrics.json", "metrics.md", "per_case.csv", "predictions.png", "confusion.png", "roc.png"):
+    for name in ("metrics.json", "metrics.md", "per_case.csv", "predictions.png", "confusion.png", "roc.png",
+                 "reliability.png"):
         check_output(out_dir / name, overwrite, "report file")
     model, meta = load_model(checkpoint, device)
     config = config_from_dict(apply_overrides(meta["config"], overrides or []), f"{checkpoint} config")
     split = split or config.data.test_split
+    if "tokenizer" in meta.get("data", {}):  # event tokens: the bins fitted on the run's training split
+        config.data.args.setdefault("tokenizer", meta["data"]["tokenizer"])
     dataset, transform = build_split(config, split, train=False)
     task, num_classes = meta["task"], meta["num_classes"]
     if dataset.task != task:
@@ -84,7 +89,7 @@ def evaluate(checkpoint: str | Path, out_dir: str | Path, split: str | None = No
             examples["predictions"].append(prediction[0])
             names.append(name)
     metrics = total.compute()
-    if task == "classification":
+    if task in CLASS_LIKE_TASKS:
         prob, label = torch.cat(vectors["prob"]), torch.cat(vectors["label"]).long().flatten()
         metrics.update(per_class_classification(prob, label))
         per_case = [{"case": name, "label": int(y), "predicted": int(p.argmax()),
@@ -92,6 +97,8 @@ def evaluate(checkpoint: str | Path, out_dir: str | Path, split: str | None = No
                     for name, y, p in zip(vectors["names"], label, prob, strict=True)]
         plot_confusion(confusion_matrix(prob, label), out_dir / "confusion.png")
         plot_roc(prob, label, out_dir / "roc.png")
+        if num_classes == 2:
+            plot_reliability(prob[:, 1], label, out_dir / "reliability.png")
     info = {"checkpoint": str(checkpoint), "model": meta["model"], "dataset": config.data.name, "split": split,
             "cases": len(dataset), "seed": meta.get("seed"), "trained_steps": meta.get("step"),
             "tta": inf.tta, "roi_size": roi_size(config, task), "device": str(device),

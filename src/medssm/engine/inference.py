@@ -14,7 +14,7 @@ from monai.inferers import sliding_window_inference
 
 from ..conventions import DENSE_TASKS
 from .metrics import METRIC_TASKS, probabilities
-from .tasks import check_supported
+from .tasks import SEQUENCE_TASKS, check_supported
 
 BLEND_MODES = ("gaussian", "constant")
 
@@ -76,6 +76,8 @@ def infer(model: torch.nn.Module, image: torch.Tensor, task: str, roi_size: int 
         raise ValueError(f"mode must be one of {BLEND_MODES}, got {mode!r}")
     if sw_batch_size < 1:
         raise ValueError(f"sw_batch_size must be >= 1, got {sw_batch_size}")
+    if tta_flips and task in SEQUENCE_TASKS:
+        raise ValueError(f"flip test-time augmentation needs spatial axes; {task!r} inputs are token sequences")
 
     def predict(x: torch.Tensor) -> torch.Tensor:
         return probabilities(task, model(x))

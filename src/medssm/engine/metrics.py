@@ -1,4 +1,4 @@
-"""Evaluation metrics for the four tasks, accumulated over batches and identical on every rank.
+"""Evaluation metrics for the five tasks, accumulated over batches and identical on every rank.
 
 The arithmetic is MONAI's (DiceMetric's ``compute_dice``, HausdorffDistanceMetric's
 ``compute_hausdorff_distance`` at the 95th percentile, ROCAUCMetric's ``compute_roc_auc``, the confusion
@@ -14,9 +14,10 @@ Tasks and what ``Metrics.update(output, target, fov)`` takes (B = batch, K = cla
   ``hd95=True`` ``hd95``, ``hd95_<k>`` (in ``spacing`` units) and ``hd95_skipped``. The pooled AUC is
   computed from histograms of the probabilities in ``AUC_BINS`` bins (constant memory for any number of
   pixels; pixels in one bin count as ties), within 1/AUC_BINS of the exact value.
-- ``classification``: output probabilities (B, K), target (B,) (or (B, 1)) int.
-  Keys: ``accuracy``, ``balanced_accuracy``, ``auc`` (plain for K = 2, one-vs-rest macro otherwise),
-  ``f1`` (macro).
+- ``classification`` and ``events`` (coded event sequences, scored the same way): output probabilities
+  (B, K), target (B,) (or (B, 1)) int. Keys: ``accuracy``, ``balanced_accuracy``, ``auc`` (AUROC: plain for
+  K = 2, one-vs-rest macro otherwise), ``f1`` (macro), and for K = 2 ``auprc`` (average precision of class 1)
+  and ``brier`` (mean squared error of P(class 1); lower is better).
 - ``multilabel``: output probabilities (B, K), target (B, K) 0/1. Keys: ``auc`` (mean over labels),
   ``accuracy`` (element-wise, probability >= 0.5 counts as positive), ``f1`` (macro over labels).
 - ``restoration``: output image (B, C, *spatial), target image of the same shape. Keys: ``psnr``,
@@ -64,12 +65,13 @@ from monai.metrics import (
 )
 from monai.metrics.regression import compute_ssim_and_cs
 
-from .tasks import ENGINE_TASKS, check_supported
+from .tasks import CLASS_LIKE_TASKS, ENGINE_TASKS, check_supported
 
 # The tasks Metrics and probabilities implement (conventions.TASKS also names tasks still to come).
 METRIC_TASKS = ENGINE_TASKS
 
-PRIMARY_METRIC = {"segmentation": "dice", "classification": "auc", "multilabel": "auc", "restoration": "psnr"}
+PRIMARY_METRIC = {"segmentation": "dice", "classification": "auc", "multilabel": "auc", "restoration": "psnr",
+                  "events": "auc"}
 
 # Every key Metrics.compute() can return, without the per-class "_<k>" suffix (see higher_is_better).
 HIGHER_IS_BETTER = {
@@ -85,6 +87,8 @@ HIGHER_IS_BETTER = {
     "psnr": True,
     "ssim": True,
     "mae": False,
+    "auprc": True,
+    "brier": False,
 }
 
 AUC_BINS = 1 << 16  # probability bins of the pooled segmentation AUC
@@ -119,7 +123,7 @@ def probabilities(task: str, logits: torch.Tensor) -> torch.Tensor:
     (a softmax over one channel would be 1 everywhere).
     """
     check_supported(task, METRIC_TASKS, "probabilities")
-    if task in ("segmentation", "classification"):
+    if task == "segmentation" or task in CLASS_LIKE_TASKS:
         if logits.ndim < 2:
             raise ValueError(f"logits must be (B, K, ...) for {task}, got shape {tuple(logits.shape)}")
         if logits.shape[1] == 1:
@@ -146,7 +150,7 @@ class Metrics:
     def __init__(self, task: str, num_classes: int, hd95: bool = True,
                  spacing: float | Sequence[float] | None = None, data_range: float = 1.0) -> None:
         self.task = check_supported(task, METRIC_TASKS, "Metrics")
-        if task in ("segmentation", "classification") and num_classes < 2:
+        if (task == "segmentation" or task in CLASS_LIKE_TASKS) and num_classes < 2:
             raise ValueError(f"num_classes must be >= 2 for {task} (background/negative class included), "
                              f"got {num_classes}")
         if task == "multilabel" and num_classes < 1:
@@ -270,7 +274,7 @@ class Metrics:
         if output.ndim != 2 or output.shape[1] != k:
             raise ValueError(f"output must be probabilities (B, {k}) for {self.task}, got {tuple(output.shape)}")
         b = output.shape[0]
-        if self.task == "classification":
+        if self.task in CLASS_LIKE_TASKS:
             if tuple(target.shape) == (b, 1):
                 target = target[:, 0]
             if tuple(target.shape) != (b,):
@@ -345,7 +349,7 @@ class Metrics:
             raise RuntimeError("no samples: call update() before compute()")
         if self.task == "segmentation":
             return _segmentation(values)
-        if self.task == "classification":
+        if self.task in CLASS_LIKE_TASKS:
             return _classification(values["prob"], values["target"].long())
         if self.task == "multilabel":
             return _multilabel(values["prob"], values["target"].float())
@@ -419,7 +423,20 @@ def _classification(prob: torch.Tensor, target: torch.Tensor) -> dict[str, float
     balanced, f1 = _confusion_means(F.one_hot(pred, k), target_1h)
     # Binary: the AUC of P(class 1); it equals the macro over both columns, said plainly.
     auc = _auc(prob[:, 1:], target_1h[:, 1:]) if k == 2 else _auc(prob, target_1h)
-    return {"accuracy": _mean((pred == target).float()), "balanced_accuracy": balanced, "auc": auc, "f1": f1}
+    out = {"accuracy": _mean((pred == target).float()), "balanced_accuracy": balanced, "auc": auc, "f1": f1}
+    if k == 2:
+        out.update(_binary_extras(prob[:, 1], target))
+    return out
+
+
+def _binary_extras(positive: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+    """Binary only: ``auprc`` (average precision, scikit-learn's step-wise area under the precision-recall
+    curve; nan without a positive case) and ``brier`` (mean squared error of P(class 1), a calibration score)."""
+    from sklearn.metrics import average_precision_score
+
+    y, p = target.cpu().numpy(), positive.double().cpu().numpy()
+    auprc = float(average_precision_score(y, p)) if 0 < y.sum() else math.nan
+    return {"auprc": auprc, "brier": float(((p - y) ** 2).mean())}
 
 
 def _multilabel(prob: torch.Tensor, target: torch.Tensor) -> dict[str, float]:

@@ -345,3 +345,34 @@ def plot_roc(prob: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray,
     ax.legend(loc="lower right", fontsize="small")
     fig.tight_layout()
     return _save(fig, path)
+
+
+def reliability_bins(positive: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray,
+                     bins: int = 10) -> list[tuple[float, float, int]]:
+    """(mean predicted P(class 1), observed fraction of class 1, cases) per non-empty bin of ``bins`` equal
+    widths over [0, 1] (the last bin includes 1)."""
+    positive = np.asarray(positive, dtype=np.float64).ravel()
+    target = np.asarray(target).astype(np.float64).ravel()
+    if positive.shape != target.shape:
+        raise ValueError(f"positive and target must have one value per case, got {positive.shape} and {target.shape}")
+    index = np.clip((positive * bins).astype(int), 0, bins - 1)
+    return [(float(positive[index == b].mean()), float(target[index == b].mean()), int((index == b).sum()))
+            for b in range(bins) if (index == b).any()]
+
+
+def plot_reliability(positive: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray, path: str | Path,
+                     bins: int = 10) -> Path:
+    """A reliability diagram (calibration) of a binary classifier as a PNG: observed fraction of class 1
+    against mean predicted P(class 1) per probability bin (:func:`reliability_bins`), the diagonal of perfect
+    calibration, and below it the histogram of the predicted probabilities."""
+    rows = reliability_bins(positive, target, bins)
+    fig = Figure(figsize=(4.5, 5.4))
+    ax, hist = fig.subplots(2, 1, gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="perfectly calibrated")
+    ax.plot([r[0] for r in rows], [r[1] for r in rows], marker="o", label="model")
+    ax.set(ylabel="observed fraction of class 1", xlim=(0, 1), ylim=(0, 1))
+    ax.legend(loc="upper left", fontsize="small")
+    hist.hist(np.asarray(positive, dtype=np.float64).ravel(), bins=bins, range=(0, 1), color="tab:blue")
+    hist.set(xlabel="predicted P(class 1)", ylabel="cases")
+    fig.tight_layout()
+    return _save(fig, path)

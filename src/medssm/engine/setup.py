@@ -23,12 +23,13 @@ from ..models import get_entry
 from .checkpoint import read_meta
 from .config import Config, config_from_dict
 from .distributed import DistInfo, shard_indices
-from .tasks import check_supported
+from .tasks import SEQUENCE_TASKS, check_supported
 
 logger = logging.getLogger(__name__)
 
 # The loss "auto" picks for each task the training loop implements.
-DEFAULT_LOSS = {"segmentation": "dice_ce", "classification": "ce", "multilabel": "bce", "restoration": "l1"}
+DEFAULT_LOSS = {"segmentation": "dice_ce", "classification": "ce", "multilabel": "bce", "restoration": "l1",
+                "events": "ce"}
 
 
 class SeededTransformDataset(Dataset):
@@ -76,6 +77,8 @@ def pick_device(name: str) -> torch.device:
 def build_split(config: Config, split: str, train: bool) -> tuple[Dataset, Any]:
     """The dataset of ``split`` with the preset transforms (training or evaluation)."""
     dataset = build_dataset(config.data.name, split=split, **config.data.args)
+    if dataset.task in SEQUENCE_TASKS:
+        return dataset, None  # token sequences: no image transforms
     t = config.transforms
     patch = tuple(t.patch_size) if t.patch_size else None
     if train:
@@ -89,8 +92,8 @@ def build_split(config: Config, split: str, train: bool) -> tuple[Dataset, Any]:
 def model_arguments(config: Config, dataset: Any) -> dict[str, Any]:
     """The model's constructor arguments: the dataset's dims and channels unless the config sets them."""
     out_channels = dataset.in_channels if dataset.task == "restoration" else dataset.num_classes
-    return {"spatial_dims": dataset.spatial_dims, "in_channels": dataset.in_channels, "out_channels": out_channels,
-            **config.model.args}
+    dims = {} if dataset.task in SEQUENCE_TASKS else {"spatial_dims": dataset.spatial_dims}
+    return {**dims, "in_channels": dataset.in_channels, "out_channels": out_channels, **config.model.args}
 
 
 def warn_absent_classes(num_classes: int, splits: dict[str, Any]) -> list[int]:

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 from ..conventions import check_task
 
-# The tasks the training loop, its losses, metrics and inference implement (not yet "mil" or "events").
-ENGINE_TASKS: tuple[str, ...] = ("segmentation", "classification", "multilabel", "restoration")
+# The tasks the training loop, its losses, metrics and inference implement (not yet "mil").
+ENGINE_TASKS: tuple[str, ...] = ("segmentation", "classification", "multilabel", "restoration", "events")
+
+# The tasks scored like single-label classification: (batch, classes) logits against class indices
+# (softmax probabilities, the classification metrics, per-class reports).
+CLASS_LIKE_TASKS: tuple[str, ...] = ("classification", "events")
+
+# The tasks whose input is a sequence without spatial axes (packed tokens (batch, L, features)): no
+# spatial_dims for the model, no image transforms, no flip test-time augmentation.
+SEQUENCE_TASKS: tuple[str, ...] = ("events",)
 
 
 def check_supported(task: str, allowed: tuple[str, ...], what: str) -> str:

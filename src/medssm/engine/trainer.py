@@ -218,6 +218,8 @@ def _setup_run(config: Config, out_dir: Path, resume: bool, device: torch.device
                      "val_size": len(val_set), "train_cases": case_names(train_set),
                      "val_cases": case_names(val_set)},
             "versions": versions()}
+    if hasattr(train_set, "tokenizer"):  # event tokens: the training split's bins, reused by evaluate
+        meta["data"]["tokenizer"] = train_set.tokenizer.to_dict()
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tc.amp)
     run = _Run(config=config, out_dir=out_dir, info=info, device=device, task=task,
                num_classes=train_set.num_classes, model=model, train_model=train_model, optimizer=optimizer,

@@ -6,6 +6,8 @@ registry itself imports no family (timm's layout). A new family file is added to
 
 from . import (  # noqa: F401  (each family registers its models on import)
     baselines,
+    ehr_baselines,
+    ehr_mamba,
     lightm_unet,
     mini,
     segmamba,
