@@ -117,6 +117,41 @@ def cmd_bench_mixer(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_ehr(args: argparse.Namespace) -> int:
+    from medssm.bench import ehr
+    from medssm.engine.files import check_output
+
+    out = check_output(args.out or Path("medssm-bench") / time.strftime("ehr-%Y%m%d-%H%M%S"), args.overwrite,
+                       "--out folder")
+    ehr.run(models=tuple(args.model or ehr.DEFAULT_MODELS), lengths=tuple(args.lengths or ehr.DEFAULT_LENGTHS),
+            d_model=args.d_model, depth=args.depth, repeats=args.repeats, max_seconds=args.max_seconds,
+            max_memory_gb=args.max_memory_gb, threads=args.threads, out_dir=out)
+    return 0
+
+
+def cmd_fhir_export(args: argparse.Namespace) -> int:
+    from medssm.data.ehr.fhir import load_mapping, write_fhir_export
+    from medssm.engine.files import check_output
+
+    out = check_output(args.out, args.overwrite, "--out folder")
+    written = write_fhir_export(args.source, out, sets=args.set, fmt=args.format, mapping=load_mapping(args.mapping))
+    print("; ".join(f"{name}: {count} stays" for name, count in written.items()) + f" written to {out}")
+    return 0
+
+
+def cmd_ehr_baseline(args: argparse.Namespace) -> int:
+    from medssm.engine.config import load_config
+    from medssm.engine.ehr_baseline import run_boosted_trees
+
+    config = load_config(resolve_config(args.config), args.overrides)
+    result = run_boosted_trees(config, args.out, overwrite=args.overwrite, max_iter=args.max_iter,
+                               learning_rate=args.learning_rate, seed=args.seed)
+    test = result["test"]
+    print(f"boosted trees ({result['iterations']} iterations): test AUROC {test['auc']:.4f}, AUPRC "
+          f"{test['auprc']:.4f}, Brier {test['brier']:.4f}; report {args.out}")
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from medssm.engine.config import load_config
     from medssm.engine.trainer import train
@@ -237,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_predict(sub)
     _add_models(sub)
     _add_demo(sub)
+    _add_fhir(sub)
+    _add_ehr_baseline(sub)
     return parser
 
 
@@ -282,6 +319,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     lay.set_defaults(func=cmd_bench_layer)
 
     _add_bench_models(bench_sub)
+    _add_bench_ehr(bench_sub)
 
     omp = bench_sub.add_parser("openmp", help="cpu scan after a parallel torch op vs after a pause, and a "
                                               "torch training step, under the OpenMP spin setting in effect")
@@ -312,6 +350,54 @@ def _add_bench_models(bench_sub: argparse._SubParsersAction) -> None:
                     help="folder for models.json and models.png (default medssm-bench/models-<timestamp>)")
     mo.add_argument("--overwrite", action="store_true", help="replace files in an existing --out folder")
     mo.set_defaults(func=cmd_bench_models)
+
+
+def _add_bench_ehr(bench_sub: argparse._SubParsersAction) -> None:
+    eh = bench_sub.add_parser("ehr", help="event-sequence models: forward+backward time and peak memory against "
+                                          "sequence length (512 to 32k tokens)")
+    eh.add_argument("--model", action="append", help="registered events model (repeatable; default ehr_mamba and "
+                                                     "ehr_transformer)")
+    eh.add_argument("--lengths", type=_sides, default=None, help="sequence lengths, e.g. 512,1024 (default 512..32768)")
+    eh.add_argument("--d-model", type=int, default=64, help="model width (default 64, the physionet2012 config's)")
+    eh.add_argument("--depth", type=int, default=2, help="layers (default 2)")
+    eh.add_argument("--repeats", type=int, default=3, help="timed calls per case (median), after one warm-up")
+    eh.add_argument("--max-seconds", type=float, default=120.0,
+                    help="a call slower than this skips the length (and the longer ones); default 120")
+    eh.add_argument("--max-memory-gb", type=float, default=None,
+                    help="skip transformer lengths whose attention needs more (default: half the RAM)")
+    eh.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    eh.add_argument("--out", type=Path, default=None, help="folder for ehr.json and ehr.png")
+    eh.add_argument("--overwrite", action="store_true", help="replace files in an existing --out folder")
+    eh.set_defaults(func=cmd_bench_ehr)
+
+
+def _add_fhir(sub: argparse._SubParsersAction) -> None:
+    fh = sub.add_parser("fhir", help="FHIR R4 tools for event data")
+    fh_sub = fh.add_subparsers(dest="fhir_command", required=True)
+    ex = fh_sub.add_parser("export", help="write PhysioNet 2012 stays as FHIR (Bundles or NDJSON) in the same "
+                                          "folder layout, with the outcome files")
+    ex.add_argument("--source", type=Path, required=True, help="the challenge folder (set-a/, Outcomes-a.txt, ...)")
+    ex.add_argument("--out", type=Path, required=True, help="output folder (set-a/<RecordID>.json, ...)")
+    ex.add_argument("--set", action="append", help="set folder to export (repeatable; default every set-*)")
+    ex.add_argument("--format", choices=["bundle", "ndjson"], default="bundle",
+                    help="one Bundle per stay, or Patient/Encounter/Observation.ndjson per set")
+    ex.add_argument("--mapping", type=Path, default=None, help="variable <-> LOINC mapping JSON (default: shipped)")
+    ex.add_argument("--overwrite", action="store_true", help="write into an existing non-empty --out folder")
+    ex.set_defaults(func=cmd_fhir_export)
+
+
+def _add_ehr_baseline(sub: argparse._SubParsersAction) -> None:
+    eb = sub.add_parser("ehr-baseline", help="gradient-boosted trees on per-variable summaries of event data, "
+                                             "through a config's splits and metrics")
+    eb.add_argument("--config", required=True, help="YAML config or shipped name (e.g. physionet2012)")
+    eb.add_argument("--out", type=Path, required=True, help="report folder (metrics.json, per_case.csv, plots)")
+    eb.add_argument("--max-iter", type=int, default=500, help="boosting iterations (the number used is picked "
+                                                              "on the val split)")
+    eb.add_argument("--learning-rate", type=float, default=0.05)
+    eb.add_argument("--seed", type=int, default=None, help="default: the config's train.seed")
+    eb.add_argument("--overwrite", action="store_true", help="replace an existing report")
+    eb.add_argument("overrides", nargs="*", help="config overrides, e.g. data.args.root=/data/p12")
+    eb.set_defaults(func=cmd_ehr_baseline)
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
