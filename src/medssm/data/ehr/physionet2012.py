@@ -118,8 +118,9 @@ def read_outcomes(path: str | Path) -> dict[str, dict[str, float]]:
 
 
 @lru_cache(maxsize=8)
-def _read_set(folder: str, fmt: str, strict: bool, mtime: float) -> tuple[tuple[Stay, ...], tuple]:
-    """Every stay of a set folder (cached per process: train and val read it once), and the counts."""
+def _read_set(folder: str, fmt: str, strict: bool, fingerprint: tuple) -> tuple[tuple[Stay, ...], tuple]:
+    """Every stay of a set folder (cached per process while its files are unchanged: train and val read it
+    once), and the counts."""
     counts: Counter = Counter()
     stays = []
     if fmt == "csv":
@@ -149,7 +150,9 @@ def read_set(root: Path, name: str, fmt: str = "csv", strict: bool = False) -> t
     folder = root / name
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such set folder (expected {root}/set-a, set-b, ...)")
-    stays, counts = _read_set(str(folder.resolve()), fmt, strict, folder.stat().st_mtime)
+    files = [p.stat() for p in folder.iterdir()]
+    fingerprint = (len(files), max((s.st_mtime_ns for s in files), default=0), sum(s.st_size for s in files))
+    stays, counts = _read_set(str(folder.resolve()), fmt, strict, fingerprint)
     return list(stays), Counter(dict(counts))
 
 

@@ -170,7 +170,8 @@ class EventTokenizer:
         return out
 
     def token_name(self, code: int) -> str:
-        """A readable name of a code: "[PAD]", "Age:3", "Gender:missing", "HR:7"."""
+        """A readable name of a code: "[PAD]", "static:Age:3", "static:Gender:missing", "HR:7" (descriptors are
+        prefixed: Weight is both a descriptor and a series)."""
         if code == PAD:
             return "[PAD]"
         if code >= self.series_offset:
@@ -184,7 +185,7 @@ class EventTokenizer:
                 categories = CATEGORICAL_STATICS.get(name)
                 size = len(categories) if categories else self.num_bins
                 part = code - offset
-                return f"{name}:{'missing' if part == size else (categories[part] if categories else part)}"
+                return f"static:{name}:{'missing' if part == size else (categories[part] if categories else part)}"
         raise ValueError(f"code {code} is outside the vocabulary")
 
     # ---- saving -------------------------------------------------------------------------------------
