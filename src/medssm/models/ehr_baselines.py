@@ -71,7 +71,9 @@ class EHRTransformer(EventSequenceModel):
     def backbone(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         length = x.shape[1]
         x = x + sinusoidal_positions(length, x.shape[2], x.device) * mask[..., None]
-        causal = nn.Transformer.generate_square_subsequent_mask(length, device=x.device) if self.causal else None
+        causal = None
+        if self.causal:  # True = may not attend (a bool mask, like the padding mask)
+            causal = torch.ones(length, length, dtype=torch.bool, device=x.device).triu(1)
         return self.encoder(x, mask=causal, src_key_padding_mask=~mask, is_causal=self.causal)
 
 
