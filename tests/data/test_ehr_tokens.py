@@ -93,3 +93,6 @@ def test_bins_come_from_the_train_split_only(tmp_path):
     # a given tokenizer (e.g. the checkpoint's) is used as is
     given = PhysioNet2012(changed, "val", max_length=40, tokenizer=train.tokenizer.to_dict())
     assert given.tokenizer.to_dict() == train.tokenizer.to_dict()
+    # and the test split needs no training files then
+    shutil.rmtree(changed / "set-a")
+    assert len(PhysioNet2012(changed, "test", max_length=40, tokenizer=train.tokenizer.to_dict())) == 24

@@ -185,20 +185,23 @@ class PhysioNet2012(Dataset):
         if format not in FORMATS:
             raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
         self.max_length = int(max_length)
-        train_stays, self.counts = read_set(self.root, train_set, format, strict)
-        by_id = {s.record_id: s for s in train_stays}
-        if len(by_id) != len(train_stays):
-            raise ValueError(f"{self.root / train_set}: duplicate RecordIDs")
-        in_train_set = ("train", split) if split != "test" or num_folds is not None else ("train",)
-        names = {p: select_cases(sorted(by_id), p, self.root, val_fraction=val_fraction, seed=seed, fold=fold,
-                                 num_folds=num_folds) for p in in_train_set}
+        separate_test = split == "test" and num_folds is None
+        by_id: dict[str, Stay] = {}
+        names: dict[str, list[str]] = {}
+        self.counts: Counter = Counter()
+        if not (separate_test and tokenizer is not None):  # the train split is needed for the bins or the stays
+            train_stays, self.counts = read_set(self.root, train_set, format, strict)
+            by_id = {s.record_id: s for s in train_stays}
+            if len(by_id) != len(train_stays):
+                raise ValueError(f"{self.root / train_set}: duplicate RecordIDs")
+            names = {p: select_cases(sorted(by_id), p, self.root, val_fraction=val_fraction, seed=seed, fold=fold,
+                                     num_folds=num_folds) for p in (("train",) if separate_test else ("train", split))}
         if tokenizer is None:
             self.tokenizer = EventTokenizer.fit([by_id[n] for n in names["train"]], num_bins)
         else:
             self.tokenizer = EventTokenizer.load(tokenizer)
-        if split == "test" and num_folds is None:
-            stays, counts = read_set(self.root, test_set, format, strict)
-            self.counts = counts
+        if separate_test:
+            stays, self.counts = read_set(self.root, test_set, format, strict)
             source = test_set
         else:
             stays, source = [by_id[n] for n in names[split]], train_set
