@@ -11,7 +11,7 @@ from medssm.data import DATASETS, ImageMaskFolder, SyntheticSegmentation, UCRDat
 
 
 def test_registered_names():
-    assert sorted(DATASETS) == ["folder", "medmnist", "nnunet", "paired", "synthetic", "ucr", "wfdb"]
+    assert sorted(DATASETS) == ["folder", "medmnist", "nnunet", "paired", "slices", "synthetic", "ucr", "wfdb"]
     for cls in DATASETS.values():
         assert hasattr(cls, "__getitem__") and hasattr(cls, "__len__")
 

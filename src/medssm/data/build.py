@@ -11,6 +11,7 @@ from .folders import ImageMaskFolder
 from .medmnist import MedMNIST
 from .nnunet import NnUNetDataset
 from .paired import PairedImageFolder
+from .slices import SliceStack
 from .synthetic import SyntheticSegmentation
 from .ucr import UCRDataset
 from .wfdb import WFDBBeats
@@ -20,6 +21,7 @@ DATASETS: dict[str, type[Dataset]] = {
     "folder": ImageMaskFolder,
     "nnunet": NnUNetDataset,
     "paired": PairedImageFolder,
+    "slices": SliceStack,
     "wfdb": WFDBBeats,
     "ucr": UCRDataset,
     "synthetic": SyntheticSegmentation,
