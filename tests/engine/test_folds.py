@@ -68,3 +68,9 @@ def test_fold_folders_come_in_fold_order(tmp_path):
     for name in ("fold_10", "fold_2", "fold_x", "notes"):
         (tmp_path / name).mkdir()
     assert [p.name for p in fold_dirs(tmp_path)] == ["fold_2", "fold_10"]
+
+
+def test_an_official_test_split_is_not_loaded():
+    config = config_from_dict({"data": {"name": "medmnist", "args": {"path": "absent.npz"}}, "train": {"max_steps": 1}})
+    record = split_record(config, {})
+    assert record["test"] is None and "official test split of 'medmnist'" in record["test_unavailable"]

@@ -10,9 +10,10 @@ Written into the cross-validation folder by :func:`aggregate` from each fold's `
 - ``cv_summary.md``: metric, mean ± std, pooled, and each fold's value.
 
 Two ways to summarise, as nnU-Net and the MIL literature report them: the mean over folds weighs each fold
-equally; ``pooled`` weighs each case equally. For classification the pooled metrics are computed once on the
-probabilities of all test cases together (a pooled AUC is not a mean of fold AUCs); for segmentation and
-restoration, whose metrics are per case, pooled is the mean of the per-case values over all cases.
+equally; ``pooled`` weighs each case equally. For classification (any task whose per-case rows hold ``label``
+and ``prob_<k>``) the pooled metrics are computed once on the probabilities of all test cases together (a
+pooled AUC is not a mean of fold AUCs); for segmentation and restoration, whose metrics are per case, pooled
+is the mean of the per-case values over all cases.
 """
 
 from __future__ import annotations
@@ -90,10 +91,10 @@ def _pooled(task: str, num_classes: int, rows: list[dict[str, Any]]) -> dict[str
     """Metrics over every test case (see the module doc); None without per-case rows."""
     if not rows:
         return None
-    if task == "classification":
+    if "label" in rows[0] and all(f"prob_{k}" in rows[0] for k in range(num_classes)):  # single-label cases
         prob = torch.tensor([[_number(row[f"prob_{k}"]) for k in range(num_classes)] for row in rows])
         label = torch.tensor([int(row["label"]) for row in rows])
-        metrics = Metrics(task, num_classes)
+        metrics = Metrics("classification", num_classes)
         metrics.update(prob, label)
         return {**metrics.compute(), **per_class_classification(prob, label)}
     if task not in DENSE_TASKS:
@@ -134,8 +135,8 @@ def _summary(cv_dir: Path, meta: dict[str, Any], keys: list[str], result: dict[s
     folds = len(result["metrics"])
     config = meta.get("config", {})
     pooled = result["pooled"]
-    how = ("pooled: computed once on the probabilities of all test cases together"
-           if meta["task"] == "classification" else "pooled: the mean of the per-case values over all test cases")
+    how = ("pooled: the mean of the per-case values over all test cases" if meta["task"] in DENSE_TASKS
+           else "pooled: computed once on the probabilities of all test cases together")
     lines = [f"# Cross-validation: {meta['model']} on {config.get('data', {}).get('name')}, {folds} folds", "",
              f"- folder: {cv_dir}",
              f"- each fold's best checkpoint scored on its own test fold ({result['cases'] or '?'} test cases in all)",

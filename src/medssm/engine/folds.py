@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data import build_dataset
+from ..data.build import foldable_datasets
 from .config import Config
 from .files import write_text_atomic
 from .setup import case_names
@@ -51,8 +52,9 @@ def _split_entry(dataset: Any) -> dict[str, Any]:
 
 def split_record(config: Config, datasets: dict[str, Any]) -> dict[str, Any]:
     """The ``splits.json`` of a run: ``datasets`` {"train": ..., "val": ...} (built already) and the config's
-    test split, built here without transforms; a test split that cannot be built (empty, absent) is recorded
-    as null with the reason, since a run does not need it."""
+    test split, built here without transforms for the datasets whose splits are drawn (those that take folds);
+    a test split that is not built (official, empty, absent) is recorded as null with the reason, since a run
+    does not need it."""
     args = config.data.args
     record: dict[str, Any] = {"dataset": config.data.name, "fold": args.get("fold"),
                               "num_folds": args.get("num_folds"),
@@ -60,7 +62,10 @@ def split_record(config: Config, datasets: dict[str, Any]) -> dict[str, Any]:
                                               "test": config.data.test_split}}
     for role, dataset in datasets.items():
         record[role] = _split_entry(dataset)
-    if "test" not in datasets:
+    if "test" not in datasets and config.data.name not in foldable_datasets():
+        # Official splits (MedMNIST, UCR, WFDB) are fixed by the files: not worth loading a test set for.
+        record["test"], record["test_unavailable"] = None, f"the official test split of {config.data.name!r}"
+    elif "test" not in datasets:
         try:
             record["test"] = _split_entry(build_dataset(config.data.name, split=config.data.test_split, **args))
         except (ValueError, FileNotFoundError) as error:
