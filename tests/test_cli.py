@@ -100,6 +100,11 @@ def test_models_listing_builds_no_model(capsys, monkeypatch):
     (["train", "--config", "demo", "--out", "x", "data.name=nope"], "nope"),
     (["train", "--resume", "--config", "demo", "--out", "x"], "--resume continues a run"),
     (["predict", "--checkpoint", "no_such_run", "--input", "a.png", "--output", "b.png"], "does not exist"),
+    (["evaluate", "--checkpoint", "a", "--checkpoint", "b"], "several --checkpoint values .*give --out"),
+    (["cv", "--config", "demo", "--folds", "1", "--out", "x"], "--folds must be an integer >= 2"),
+    (["cv", "--config", "demo", "--folds", "3", "--fold", "3", "--out", "x"], "--fold must be in 0..2"),
+    (["cv", "--config", "demo", "--folds", "3", "--out", "x", "data.name=medmnist", "data.args={path: a.npz}"],
+     "takes no fold/num_folds"),
 ])
 def test_bad_input_exits_2_with_a_clear_message(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -135,16 +135,16 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from medssm.engine.evaluate import evaluate
-    from medssm.engine.setup import resolve_run_checkpoint
 
-    checkpoint = resolve_run_checkpoint(args.checkpoint)
+    if len(args.checkpoint) > 1 and args.out is None:
+        raise ValueError("several --checkpoint values (an ensemble): give --out for the report")
     overrides = list(args.overrides)
     if args.tta:
         overrides.append("inference.tta=true")
     if args.roi_size:
         overrides.append(f"inference.roi_size={list(args.roi_size)}")
-    out = args.out or Path(args.checkpoint) / f"eval-{args.split or 'test'}"
-    metrics = evaluate(checkpoint, out, split=args.split, overrides=overrides, overwrite=args.overwrite,
+    out = args.out or Path(args.checkpoint[0]) / f"eval-{args.split or 'test'}"
+    metrics = evaluate(args.checkpoint, out, split=args.split, overrides=overrides, overwrite=args.overwrite,
                        device=args.device or "auto", progress=not args.no_progress)
     width = max(len(k) for k in metrics)
     for key, value in metrics.items():
@@ -155,14 +155,28 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from medssm.engine.predict import predict_checkpoint
-    from medssm.engine.setup import resolve_run_checkpoint
 
-    written = predict_checkpoint(resolve_run_checkpoint(args.checkpoint), args.input, args.output,
+    written = predict_checkpoint(args.checkpoint, args.input, args.output,
                                  probabilities=args.probabilities, overwrite=args.overwrite, tta=args.tta,
                                  roi_size=args.roi_size, continue_on_error=args.continue_on_error,
                                  skip_existing=args.skip_existing, device=args.device or "auto",
                                  progress=not args.no_progress)
     print(f"wrote {len(written)} file(s) under {args.output}")
+    return 0
+
+
+def cmd_cv(args: argparse.Namespace) -> int:
+    from medssm.engine.config import load_config
+    from medssm.engine.cv import cross_validate
+
+    config = load_config(resolve_config(args.config), args.overrides)
+    result = cross_validate(config, args.out, args.folds, fold=args.fold, overwrite=args.overwrite,
+                            progress=not args.no_progress, device=args.device,
+                            echo=lambda line: print(line, flush=True))
+    if result is not None:
+        width = max(len(k) for k in result["mean"])
+        for key, mean in result["mean"].items():
+            print(f"{key:<{width}}  {mean:.4f} ± {result['std'][key]:.4f} (mean ± std over {args.folds} folds)")
     return 0
 
 
@@ -235,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_evaluate(sub)
     _add_predict(sub)
+    _add_cv(sub)
     _add_models(sub)
     _add_demo(sub)
     return parser
@@ -337,7 +352,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     ev = sub.add_parser("evaluate", help="metrics, per-case table and overlays for a checkpoint on a split")
-    ev.add_argument("--checkpoint", type=Path, required=True, help="run folder or checkpoint folder")
+    ev.add_argument("--checkpoint", type=Path, required=True, action="append",
+                    help="run folder, checkpoint folder or cv folder; repeat it for an ensemble (the mean of the "
+                         "probabilities)")
     ev.add_argument("--split", default=None, help="dataset split (default: the config's test split)")
     ev.add_argument("--out", type=Path, default=None, help="report folder (default: <checkpoint>/eval-<split>)")
     ev.add_argument("--tta", action="store_true", help="flip test-time augmentation")
@@ -350,7 +367,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
     pr = sub.add_parser("predict", help="predict masks/labels for a file or a folder, written in the input format")
-    pr.add_argument("--checkpoint", type=Path, required=True, help="run folder or checkpoint folder")
+    pr.add_argument("--checkpoint", type=Path, required=True, action="append",
+                    help="run folder, checkpoint folder or cv folder; repeat it for an ensemble (the mean of the "
+                         "probabilities)")
     pr.add_argument("--input", type=Path, required=True, help="NIfTI/DICOM/PNG file, DICOM series or folder")
     pr.add_argument("--output", type=Path, required=True, help="output file (single input) or folder")
     pr.add_argument("--probabilities", action="store_true", help="also write per-class probabilities")
@@ -363,6 +382,24 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
                     help="predict the other cases when one fails; the failures go to failed.json and the exit code")
     _add_run_options(pr)
     pr.set_defaults(func=cmd_predict)
+
+
+def _add_cv(sub: argparse._SubParsersAction) -> None:
+    cv = sub.add_parser("cv", help="k-fold cross-validation: train every fold, score each on its test fold, "
+                                   "aggregate (resumable fold by fold)",
+                        description="Train fold 0..K-1 of --config into --out/fold_<i> (data.args.fold=i, "
+                                    "data.args.num_folds=K), score each fold's best checkpoint on its own test "
+                                    "fold, and write cv_metrics.csv, cv_summary.md and cv_predictions.csv. Rerun "
+                                    "the same command to continue after a stop.")
+    cv.add_argument("--config", required=True, help="YAML config file, or the name of a shipped config")
+    cv.add_argument("--folds", type=int, required=True, help="number of folds (>= 2)")
+    cv.add_argument("--out", type=Path, required=True, help="cross-validation folder (fold_<i>/ run folders)")
+    cv.add_argument("--fold", type=int, default=None, help="train and score this fold only (0..folds-1)")
+    cv.add_argument("--overwrite", action="store_true",
+                    help="start the cross-validation again (with --fold: that fold only)")
+    _add_run_options(cv)
+    cv.add_argument("overrides", nargs="*", help="section.key=value (YAML value), e.g. train.max_steps=500")
+    cv.set_defaults(func=cmd_cv)
 
 
 def _add_models(sub: argparse._SubParsersAction) -> None:

@@ -42,3 +42,6 @@ def test_errors_name_the_problem():
         build_dataset("folder", "train")
     with pytest.raises(ValueError, match="split must be one of"):
         build_dataset("synthetic", "everything")
+    with pytest.raises(ValueError, match=r"dataset 'medmnist' \(MedMNIST\) keeps its official train/val/test "
+                                         r"splits and takes no fold/num_folds; .*\[.*'folder', 'nnunet', 'paired'"):
+        build_dataset("medmnist", "train", path="x.npz", fold=0, num_folds=5)

@@ -42,6 +42,9 @@ def build_dataset(name: str, /, split: str = "train", **kwargs: Any) -> Dataset:
     signature = inspect.signature(cls.__init__)
     accepted = [p for p in signature.parameters if p != "self"]
     unknown = sorted(set(kwargs) - set(accepted))
+    if {"fold", "num_folds"} & set(unknown):
+        raise ValueError(f"dataset {name!r} ({cls.__name__}) keeps its official train/val/test splits and takes no "
+                         f"fold/num_folds; the datasets that can be cross-validated: {foldable_datasets()}")
     if unknown:
         raise TypeError(f"dataset {name!r} ({cls.__name__}) got unexpected keyword arguments {unknown}; "
                         f"it accepts {accepted}")
@@ -51,3 +54,9 @@ def build_dataset(name: str, /, split: str = "train", **kwargs: Any) -> Dataset:
     if missing:
         raise TypeError(f"dataset {name!r} ({cls.__name__}) needs keyword arguments {missing}")
     return cls(split=split, **kwargs)
+
+
+def foldable_datasets() -> list[str]:
+    """The dataset names that take ``fold`` and ``num_folds`` (cross-validation folds of their cases)."""
+    return sorted(name for name, cls in DATASETS.items()
+                  if {"fold", "num_folds"} <= set(inspect.signature(cls.__init__).parameters))

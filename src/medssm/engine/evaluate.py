@@ -16,11 +16,10 @@ import torch
 from tqdm.auto import tqdm
 
 from ..conventions import DENSE_TASKS
-from .checkpoint import load_model
 from .config import apply_overrides, config_from_dict
 from .distributed import DistInfo
+from .ensemble import CheckpointPaths, EnsemblePredictor, warn_fold_leakage
 from .files import check_output
-from .inference import infer
 from .metrics import Metrics, confusion_matrix, per_class_classification
 from .report import plot_confusion, plot_overlays, plot_roc, write_metrics
 from .setup import build_split, evaluation_loader, pick_device, roi_size
@@ -28,20 +27,24 @@ from .setup import build_split, evaluation_loader, pick_device, roi_size
 logger = logging.getLogger(__name__)
 
 
-def evaluate(checkpoint: str | Path, out_dir: str | Path, split: str | None = None,
+def evaluate(checkpoint: CheckpointPaths, out_dir: str | Path, split: str | None = None,
              overrides: list[str] | None = None, overwrite: bool = False, max_overlays: int = 8,
              device: str = "auto", progress: bool = False) -> dict[str, float]:
     """Score ``checkpoint`` on ``split`` (default: the config's test split) and write the report to
     ``out_dir``: metrics.json, metrics.md, per_case.csv, predictions.png (segmentation overlays), confusion.png
     and roc.png (classification, whose metrics also get per-class values). Returns the metrics. ``device``:
-    auto, cpu, cuda or cuda:<index>; ``progress``: a progress bar over the cases."""
+    auto, cpu, cuda or cuda:<index>; ``progress``: a progress bar over the cases. Several checkpoints (or a
+    cross-validation folder) are scored as one ensemble, the mean of their probabilities
+    (:class:`~medssm.engine.ensemble.EnsemblePredictor`), with the first one's config."""
     device = pick_device(device)
     out_dir = Path(out_dir)
     for name in ("metrics.json", "metrics.md", "per_case.csv", "predictions.png", "confusion.png", "roc.png"):
         check_output(out_dir / name, overwrite, "report file")
-    model, meta = load_model(checkpoint, device)
-    config = config_from_dict(apply_overrides(meta["config"], overrides or []), f"{checkpoint} config")
+    predictor = EnsemblePredictor.load(checkpoint, device)
+    meta, checkpoint = predictor.meta, predictor.name
+    config = config_from_dict(apply_overrides(meta["config"], overrides or []), f"{predictor.names[0]} config")
     split = split or config.data.test_split
+    warn_fold_leakage(predictor.metas, config, split)
     dataset, transform = build_split(config, split, train=False)
     task, num_classes = meta["task"], meta["num_classes"]
     if dataset.task != task:
@@ -58,8 +61,8 @@ def evaluate(checkpoint: str | Path, out_dir: str | Path, split: str | None = No
     for index, batch in enumerate(tqdm(loader, desc="evaluate", unit="batch", disable=not progress,
                                        dynamic_ncols=True)):
         started = time.perf_counter()
-        output = infer(model, batch["image"].to(device), task, roi_size=roi_size(config, task),
-                       overlap=inf.overlap, sw_batch_size=inf.sw_batch_size, tta_flips=inf.tta).float().cpu()
+        output = predictor(batch["image"].to(device), task, roi_size=roi_size(config, task),
+                           overlap=inf.overlap, sw_batch_size=inf.sw_batch_size, tta_flips=inf.tta).float().cpu()
         infer_seconds += time.perf_counter() - started
         fov = batch.get("fov")
         # Volumes carry their voxel size: HD95 in world units (mm) rather than voxels.

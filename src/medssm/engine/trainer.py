@@ -1,6 +1,7 @@
 """One training loop for segmentation, classification, multi-label, restoration and 1D tasks.
 
-The run folder holds ``config.yaml`` (resolved), ``log.jsonl`` (one row per logged step or validation),
+The run folder holds ``config.yaml`` (resolved), ``splits.json`` (the cases of each split, checked on resume;
+see :mod:`medssm.engine.folds`), ``log.jsonl`` (one row per logged step or validation),
 ``curves.png`` (refreshed at every validation), ``checkpoints/last`` (resumable) and ``checkpoints/best``
 (weights of the best validation score), and ``val_metrics.json`` at the end.
 
@@ -39,6 +40,7 @@ from .distributed import (
     mean_across_ranks,
 )
 from .files import write_text_atomic
+from .folds import save_or_check_splits, split_record
 from .inference import infer
 from .metrics import Metrics, higher_is_better, selection_metric
 from .report import plot_curves
@@ -199,6 +201,8 @@ def _setup_run(config: Config, out_dir: Path, resume: bool, device: torch.device
     if info.is_main:
         warn_absent_classes(model_args["out_channels"], {"train": train_set, "val": val_set})
     check_model_task(config, task)
+    # The split is saved (and checked on resume) before the model is built: it draws nothing from the RNG.
+    save_or_check_splits(out_dir, split_record(config, {"train": train_set, "val": val_set}), resume, info.is_main)
     model = create_model(config.model.name, **model_args).to(device)
     train_model: nn.Module = model
     if info.enabled:
