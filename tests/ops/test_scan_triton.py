@@ -97,6 +97,22 @@ def test_gradient_through_last_state_only(interpreter):
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
 
 
+@interpreted
+def test_inference_saves_no_checkpoints(interpreter, monkeypatch):
+    """Under no_grad (parameters still requiring grad) the forward stores no checkpoints and builds no graph."""
+    saves = []
+    forward = scan_triton.scan_forward
+    monkeypatch.setattr(scan_triton, "scan_forward", lambda *a, save: saves.append(save) or forward(*a, save=save))
+    case = Case(seqlen=5, **ONE)
+    kwargs, _ = make_inputs(case)
+    with torch.no_grad():
+        out, last = selective_scan(**kwargs, backend="triton")
+    assert saves == [False] and out.grad_fn is None
+    want_out, want_last = reference_results(case)["out"], reference_results(case)["last_state"]
+    torch.testing.assert_close(out, want_out, rtol=6e-4, atol=2e-3)
+    torch.testing.assert_close(last, want_last, rtol=6e-4, atol=2e-3)
+
+
 class _LargestAllocation(TorchDispatchMode):
     """The most elements of any tensor a torch op creates inside the block (in-place ops, which the interpreter
     uses to copy the kernels' results back, create none)."""

@@ -185,11 +185,9 @@ class _TritonScanFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
-        save = any(ctx.needs_input_grad)
-        out, last, ckpt = scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, save)
-        if save:
-            ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, ckpt)
-            ctx.delta_softplus = delta_softplus
+        out, last, ckpt = scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, save=True)
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, ckpt)
+        ctx.delta_softplus = delta_softplus
         ctx.set_materialize_grads(False)
         return out, last
 
@@ -210,7 +208,11 @@ def selective_scan_triton(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
     Any strides are read in place; D and delta_bias are made contiguous (d values)."""
     D = None if D is None else D.contiguous()
     delta_bias = None if delta_bias is None else delta_bias.contiguous()
-    out, last = _TritonScanFn.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    tensors = [t for t in (u, delta, A, B, C, D, z, delta_bias) if t is not None]
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        out, last = _TritonScanFn.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    else:  # inference: no autograd node, and no checkpoints (the Function would save them under no_grad too)
+        out, last, _ = scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, save=False)
     return (out, last) if return_last_state else out
 
 
