@@ -98,12 +98,10 @@ def _bench_scan_cuda(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     from medssm.bench import scan_gpu
+    from medssm.engine.files import check_output
 
-    out = args.out or Path("medssm-bench") / time.strftime("scan-cuda-%Y%m%d-%H%M%S")
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        print(f"error: --out {out} exists and is not empty; pass --overwrite to replace its files",
-              file=sys.stderr)
-        return 2
+    out = check_output(args.out or Path("medssm-bench") / time.strftime("scan-cuda-%Y%m%d-%H%M%S"), args.overwrite,
+                       "--out folder")
     scan_gpu.run_cuda(shapes=args.shape or scan_gpu.GPU_SHAPES, backends=args.backend, repeats=args.repeats,
                       out_dir=out)
     return 0

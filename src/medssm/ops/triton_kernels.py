@@ -12,13 +12,40 @@ grouped (batch, G, N, L) ones (channel stride 0; selective is G = 1).
 
 softplus(x) is written out as log(1 + e^x), with e^x alone below -15 (where 1 + e^x rounds to 1) and x
 above 20, and sigmoid as 1 / (1 + e^-x), inline rather than as @triton.jit helpers: each helper call costs
-the interpreter a re-patch of triton.language, a third of the parity tests' time.
+the interpreter a re-patch of triton.language (a third of the parity tests' time when they were helpers
+called every step); the helpers below run once per program.
 """
 
 from __future__ import annotations
 
 import triton
 import triton.language as tl
+
+
+@triton.jit
+def _block(pid_d, dim, d_state, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The program's channel and state offsets and their masks."""
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_d = offs_d < dim
+    mask_n = offs_n < d_state
+    return offs_d, offs_n, mask_d, mask_n, mask_d[:, None] & mask_n[None, :]
+
+
+@triton.jit
+def _tile(ptr, offs_d, offs_n, s_d, s_n, mask_dn):
+    """A (BLOCK_D, BLOCK_N) fp32 tile of a (d, N) tensor (zeros where masked)."""
+    return tl.load(ptr + offs_d[:, None] * s_d + offs_n[None, :] * s_n, mask=mask_dn, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _vector(ptr, offs_d, mask_d, PRESENT: tl.constexpr):
+    """A (BLOCK_D,) fp32 slice of a contiguous (d,) tensor, or zeros when the argument was not given."""
+    if PRESENT:
+        v = tl.load(ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    else:
+        v = tl.zeros(offs_d.shape, dtype=tl.float32)
+    return v
 
 
 @triton.jit
@@ -34,23 +61,17 @@ def scan_fwd_kernel(
     before every chunk of CHUNK steps goes to ckpt (batch, d, n_chunks, N) for the backward."""
     pid_b = tl.program_id(0).to(tl.int64)
     pid_d = tl.program_id(1)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, BLOCK_N)
-    mask_d = offs_d < dim
-    mask_n = offs_n < d_state
-    mask_dn = mask_d[:, None] & mask_n[None, :]
-    A = tl.load(A_ptr + offs_d[:, None] * s_ad + offs_n[None, :] * s_an, mask=mask_dn, other=0.0).to(tl.float32)
-    if HAS_D:
-        D = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    offs_d, offs_n, mask_d, mask_n, mask_dn = _block(pid_d, dim, d_state, BLOCK_D, BLOCK_N)
+    A = _tile(A_ptr, offs_d, offs_n, s_ad, s_an, mask_dn)
+    D = _vector(D_ptr, offs_d, mask_d, HAS_D)
+    bias = _vector(bias_ptr, offs_d, mask_d, HAS_BIAS)
     u_row = u_ptr + pid_b * s_ub + offs_d * s_ud
     t_row = dt_ptr + pid_b * s_tb + offs_d * s_td
     z_row = z_ptr + pid_b * s_zb + offs_d * s_zd
     o_row = out_ptr + pid_b * s_ob + offs_d * s_od
     # fixed coefficients are one (BLOCK_D, BLOCK_N) tile; otherwise one (N,) row per step for the block's group
-    b_tile = tl.load(B_ptr + offs_d[:, None] * s_bd + offs_n[None, :] * s_bn, mask=mask_dn, other=0.0).to(tl.float32)
-    c_tile = tl.load(C_ptr + offs_d[:, None] * s_cd + offs_n[None, :] * s_cn, mask=mask_dn, other=0.0).to(tl.float32)
+    b_tile = _tile(B_ptr, offs_d, offs_n, s_bd, s_bn, mask_dn)
+    c_tile = _tile(C_ptr, offs_d, offs_n, s_cd, s_cn, mask_dn)
     b_row = B_ptr + pid_b * s_bb + ((pid_d * BLOCK_D) // b_cpg) * s_bg + offs_n * s_bn
     c_row = C_ptr + pid_b * s_cb + ((pid_d * BLOCK_D) // c_cpg) * s_cg + offs_n * s_cn
     k_tile = ckpt_ptr + ((pid_b * dim + offs_d[:, None]) * n_chunks) * d_state + offs_n[None, :]
@@ -103,16 +124,10 @@ def scan_bwd_kernel(
     added to atomically (several channel blocks share a group)."""
     pid_b = tl.program_id(0).to(tl.int64)
     pid_d = tl.program_id(1)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, BLOCK_N)
-    mask_d = offs_d < dim
-    mask_n = offs_n < d_state
-    mask_dn = mask_d[:, None] & mask_n[None, :]
-    A = tl.load(A_ptr + offs_d[:, None] * s_ad + offs_n[None, :] * s_an, mask=mask_dn, other=0.0).to(tl.float32)
-    if HAS_D:
-        D = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    offs_d, offs_n, mask_d, mask_n, mask_dn = _block(pid_d, dim, d_state, BLOCK_D, BLOCK_N)
+    A = _tile(A_ptr, offs_d, offs_n, s_ad, s_an, mask_dn)
+    D = _vector(D_ptr, offs_d, mask_d, HAS_D)
+    bias = _vector(bias_ptr, offs_d, mask_d, HAS_BIAS)
     u_row = u_ptr + pid_b * s_ub + offs_d * s_ud
     t_row = dt_ptr + pid_b * s_tb + offs_d * s_td
     z_row = z_ptr + pid_b * s_zb + offs_d * s_zd
@@ -120,8 +135,8 @@ def scan_bwd_kernel(
     du_row = du_ptr + pid_b * s_ub + offs_d * s_ud
     ddt_row = ddt_ptr + pid_b * s_tb + offs_d * s_td
     dz_row = dz_ptr + pid_b * s_zb + offs_d * s_zd
-    b_tile = tl.load(B_ptr + offs_d[:, None] * s_bd + offs_n[None, :] * s_bn, mask=mask_dn, other=0.0).to(tl.float32)
-    c_tile = tl.load(C_ptr + offs_d[:, None] * s_cd + offs_n[None, :] * s_cn, mask=mask_dn, other=0.0).to(tl.float32)
+    b_tile = _tile(B_ptr, offs_d, offs_n, s_bd, s_bn, mask_dn)
+    c_tile = _tile(C_ptr, offs_d, offs_n, s_cd, s_cn, mask_dn)
     gb = (pid_d * BLOCK_D) // b_cpg
     gc = (pid_d * BLOCK_D) // c_cpg
     b_row = B_ptr + pid_b * s_bb + gb * s_bg + offs_n * s_bn
