@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from scan_inputs import Case, make_inputs
-from test_selective_scan import DEFAULT_CASES, assert_results_match, reference_results, run_scan
+from test_selective_scan import DEFAULT_CASES, SLOW_CASES, assert_results_match, reference_results, run_scan
 from torch.utils._python_dispatch import TorchDispatchMode
 from triton_interpreter import interpreter_skip_reason
 
@@ -60,12 +60,12 @@ CASES = [
     Case(dim=6, d_state=5, seqlen=6, b_mode="grouped", c_mode="grouped", groups=3, **ONE),  # 2 channels per group
     Case(seqlen=16, delta_scale=2.0, a_init="s4d", **ONE),  # Mamba's fast decays
 ]
-SLOW_CASES = [case for case in DEFAULT_CASES if case.seqlen <= 257 and case.dim <= 33]
+SLOW_INTERPRETED = [case for case in DEFAULT_CASES if case.seqlen <= 257 and case.dim <= 33]
 
 
 @interpreted
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in CASES]
-                         + [pytest.param(c, id=f"slow-{c.id}", marks=pytest.mark.slow) for c in SLOW_CASES])
+                         + [pytest.param(c, id=f"slow-{c.id}", marks=pytest.mark.slow) for c in SLOW_INTERPRETED])
 def test_matches_reference_interpreted(interpreter, case):
     results = run_scan(case, "triton")
     assert results["out"].dtype == case.itype
@@ -203,7 +203,8 @@ def run_scan_on(case: Case, backend: str, device: str) -> dict[str, torch.Tensor
 
 
 @gpu
-@pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in DEFAULT_CASES])
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in DEFAULT_CASES]
+                         + [pytest.param(c, id=f"slow-{c.id}", marks=pytest.mark.slow) for c in SLOW_CASES])
 def test_matches_reference_gpu(case):
     assert_results_match(run_scan_on(case, "triton", "cuda"), reference_results(case), case)
 
