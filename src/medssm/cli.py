@@ -68,6 +68,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_bench_scan(args: argparse.Namespace) -> int:
     from medssm.bench import scan
 
+    if args.device == "cuda" or {"triton", "mamba_ssm"} & set(args.backend or ()):
+        return _bench_scan_cuda(args)
     out = args.out or Path("medssm-bench") / time.strftime("scan-%Y%m%d-%H%M%S")
     if out.exists() and any(out.iterdir()) and not args.overwrite:
         print(f"error: --out {out} exists and is not empty; pass --overwrite to replace its files",
@@ -76,6 +78,32 @@ def cmd_bench_scan(args: argparse.Namespace) -> int:
     scan.run(shapes=args.shape or scan.DEFAULT_SHAPES, backends=args.backend, repeats=args.repeats,
              threads=args.threads, out_dir=out, memory=not args.no_memory, compile_time=not args.no_compile,
              scaling=not args.no_scaling, split=args.split)
+    return 0
+
+
+def _bench_scan_cuda(args: argparse.Namespace) -> int:
+    """`medssm bench scan --device cuda`: the GPU table (medssm.bench.scan_gpu)."""
+    import torch
+
+    if args.device != "cuda":
+        print("error: --backend triton and mamba_ssm run with --device cuda", file=sys.stderr)
+        return 2
+    if not torch.cuda.is_available():
+        from medssm.bench.scan_gpu import NO_GPU
+
+        print(f"error: {NO_GPU}", file=sys.stderr)
+        return 2
+    if {"cpu", "mambapy"} & set(args.backend or ()):
+        print("error: --device cuda times triton, torch, reference and mamba_ssm (not cpu or mambapy)",
+              file=sys.stderr)
+        return 2
+    from medssm.bench import scan_gpu
+    from medssm.engine.files import check_output
+
+    out = check_output(args.out or Path("medssm-bench") / time.strftime("scan-cuda-%Y%m%d-%H%M%S"), args.overwrite,
+                       "--out folder")
+    scan_gpu.run_cuda(shapes=args.shape or scan_gpu.GPU_SHAPES, backends=args.backend, repeats=args.repeats,
+                      out_dir=out)
     return 0
 
 
@@ -270,8 +298,12 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     scan = bench_sub.add_parser("scan", help="selective-scan backends: time, memory, machine bound")
     scan.add_argument("--shape", type=_shape, action="append",
                       help="b,d,N,L (repeatable); default: the four shapes of docs/benchmarks.md")
-    scan.add_argument("--backend", action="append", choices=["reference", "torch", "cpu", "mambapy"],
-                      help="repeatable; default: every available backend (+ mambapy when installed)")
+    scan.add_argument("--backend", action="append",
+                      choices=["reference", "torch", "cpu", "mambapy", "triton", "mamba_ssm"],
+                      help="repeatable; default: every available backend (+ mambapy when installed; on cuda: "
+                           "triton, torch + mamba_ssm when installed)")
+    scan.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                      help="cuda: time the GPU backends against the GPU's copy bandwidth (medssm.bench.scan_gpu)")
     scan.add_argument("--repeats", type=int, default=10,
                       help="timed repeats per measurement (median), after 0.2 s of warm-up")
     scan.add_argument("--threads", type=int, default=None, help="torch/numba threads (default: torch's)")
