@@ -45,8 +45,8 @@ def read_centres(path: str | Path) -> np.ndarray:
     path = Path(path)
     try:
         content = scipy.io.loadmat(path)
-    except (OSError, ValueError, TypeError) as error:
-        raise ValueError(f"{path}: cannot read the MATLAB file ({error})") from error
+    except Exception as error:  # noqa: BLE001  (scipy raises MatReadError, NotImplementedError (v7.3), ...)
+        raise ValueError(f"{path}: cannot read the MATLAB file ({type(error).__name__}: {error})") from error
     if "detection" not in content:
         keys = sorted(k for k in content if not k.startswith("__"))
         raise ValueError(f"{path}: no 'detection' array of (x, y) centres (keys: {keys})")
