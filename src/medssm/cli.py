@@ -122,6 +122,17 @@ def cmd_bench_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_mil(args: argparse.Namespace) -> int:
+    from medssm.bench import mil
+    from medssm.engine.files import check_output
+
+    out = check_output(args.out or Path("medssm-bench") / time.strftime("mil-%Y%m%d-%H%M%S"), args.overwrite,
+                       "--out folder")
+    mil.run(variants=args.model, sizes=args.sizes, repeats=args.repeats, threads=args.threads,
+            max_seconds=args.max_seconds, out_dir=out)
+    return 0
+
+
 def cmd_bench_openmp(args: argparse.Namespace) -> int:
     from medssm.bench import openmp
 
@@ -329,6 +340,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     lay.set_defaults(func=cmd_bench_layer)
 
     _add_bench_models(bench_sub)
+    _add_bench_mil(bench_sub)
 
     omp = bench_sub.add_parser("openmp", help="cpu scan after a parallel torch op vs after a pause, and a "
                                               "torch training step, under the OpenMP spin setting in effect")
@@ -359,6 +371,27 @@ def _add_bench_models(bench_sub: argparse._SubParsersAction) -> None:
                     help="folder for models.json and models.png (default medssm-bench/models-<timestamp>)")
     mo.add_argument("--overwrite", action="store_true", help="replace files in an existing --out folder")
     mo.set_defaults(func=cmd_bench_models)
+
+
+def _add_bench_mil(bench_sub: argparse._SubParsersAction) -> None:
+    mi = bench_sub.add_parser(
+        "mil", help="MIL models: time and peak memory of one forward+backward against bag size",
+        description="Each (model, bag size) in a fresh process: median forward+backward time of one bag of 512-d "
+                    "features and the growth of the resident-set high-water mark during one; mil.json and mil.png "
+                    "in --out.")
+    mi.add_argument("--model", action="append", choices=["abmil", "transmil", "transmil_exact", "mamba_mil",
+                                                         "mamba_mil_nossm"],
+                    help="repeatable; default: all five")
+    mi.add_argument("--sizes", type=_sides, default=None, help="instances per bag, e.g. 1000,10000 "
+                                                              "(default 1000,10000,100000)")
+    mi.add_argument("--repeats", type=int, default=3, help="timed calls per point (median), after one warm-up")
+    mi.add_argument("--max-seconds", type=float, default=120.0,
+                    help="skip a size whose extrapolated time per call passes this (default 120)")
+    mi.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    mi.add_argument("--out", type=Path, default=None, help="folder for mil.json and mil.png "
+                                                           "(default medssm-bench/mil-<timestamp>)")
+    mi.add_argument("--overwrite", action="store_true", help="replace files in an existing --out folder")
+    mi.set_defaults(func=cmd_bench_mil)
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:

@@ -1,4 +1,4 @@
-"""The engine names the part that does not implement a task of medssm.conventions yet (mil, events)."""
+"""The engine names the part that does not implement a task of medssm.conventions yet (events)."""
 
 import pytest
 import torch
@@ -15,7 +15,7 @@ def test_engine_tasks_are_conventions_tasks():
     assert set(ENGINE_TASKS) <= set(TASKS)
 
 
-@pytest.mark.parametrize("task", ["mil", "events"])
+@pytest.mark.parametrize("task", ["events"])
 def test_a_known_task_the_engine_lacks_is_named_as_not_supported_yet(task, tmp_path):
     with pytest.raises(ValueError, match=f"task '{task}' is not supported yet by Metrics"):
         Metrics(task, 2)

@@ -126,7 +126,8 @@ def dummy_models(monkeypatch):
 
 def test_models_without_spatial_axes_pass_the_registry_wide_checks(dummy_models, tmp_path):
     assert list_models("dummy_*") == sorted(dummy_models)
-    assert list_models(task="mil") == ["dummy_mil"] and list_models(task="events") == ["dummy_events"]
+    assert list_models("dummy_*", task="mil") == ["dummy_mil"]
+    assert list_models("dummy_*", task="events") == ["dummy_events"]
     for name in dummy_models:
         entry = get_entry(name)
         assert entry.spatial_dims == () and entry.variants == (None,)

@@ -9,6 +9,8 @@ from torch.utils.data import Dataset
 
 from .folders import ImageMaskFolder
 from .medmnist import MedMNIST
+from .mil_colon import ColonMIL
+from .mil_features import FeatureBags
 from .nnunet import NnUNetDataset
 from .paired import PairedImageFolder
 from .slices import SliceStack
@@ -25,6 +27,8 @@ DATASETS: dict[str, type[Dataset]] = {
     "wfdb": WFDBBeats,
     "ucr": UCRDataset,
     "synthetic": SyntheticSegmentation,
+    "colon_mil": ColonMIL,
+    "feature_bags": FeatureBags,
 }
 
 

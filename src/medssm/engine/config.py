@@ -54,6 +54,8 @@ class TrainConfig:
     max_steps: int | None = None  # the run length in optimizer steps; or give epochs
     epochs: int | None = None
     batch_size: int = 8  # the global batch: split evenly across DDP processes
+    accumulate: int = 1  # batches of batch_size per optimizer step (gradient accumulation)
+    optimizer: str = "adamw"  # adamw (decoupled weight decay) | adam (L2 weight decay, as Ilse et al.'s MIL)
     lr: float = 1e-3
     weight_decay: float = 1e-2
     warmup_steps: int = 0
@@ -94,6 +96,7 @@ class Config:
 
 AMP_MODES = ("none", "bf16", "fp16")
 MODALITIES = ("raster", "ct", "mr", "signal")
+OPTIMIZERS = ("adamw", "adam")
 
 
 def config_from_dict(raw: dict[str, Any], source: str = "config", overridden: dict[str, str] | None = None
@@ -175,7 +178,9 @@ def _validate(config: Config, source: str) -> None:
     if config.transforms.modality not in MODALITIES:
         raise ValueError(f"{source}: transforms.modality must be one of {MODALITIES}, "
                          f"got {config.transforms.modality!r}")
-    for name in ("batch_size", "val_every", "checkpoint_every", "log_every"):
+    if train.optimizer not in OPTIMIZERS:
+        raise ValueError(f"{source}: train.optimizer must be one of {OPTIMIZERS}, got {train.optimizer!r}")
+    for name in ("batch_size", "accumulate", "val_every", "checkpoint_every", "log_every"):
         if getattr(train, name) < 1:
             raise ValueError(f"{source}: train.{name} must be >= 1, got {getattr(train, name)}")
     if not 0 <= config.inference.overlap < 1:

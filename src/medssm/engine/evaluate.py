@@ -23,6 +23,7 @@ from .files import check_output
 from .metrics import Metrics, confusion_matrix, per_class_classification
 from .report import plot_confusion, plot_overlays, plot_roc, write_metrics
 from .setup import build_split, evaluation_loader, pick_device, roi_size
+from .tasks import SINGLE_LABEL_TASKS
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ def evaluate(checkpoint: CheckpointPaths, out_dir: str | Path, split: str | None
             examples["predictions"].append(prediction[0])
             names.append(name)
     metrics = total.compute()
-    if task == "classification":
+    if task in SINGLE_LABEL_TASKS:
         prob, label = torch.cat(vectors["prob"]), torch.cat(vectors["label"]).long().flatten()
         metrics.update(per_class_classification(prob, label))
         per_case = [{"case": name, "label": int(y), "predicted": int(p.argmax()),

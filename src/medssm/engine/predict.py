@@ -229,6 +229,10 @@ def predict_checkpoint(checkpoint: CheckpointPaths, input: str | Path, output: s
     meta = predictor.meta
     config = config_from_dict(meta["config"], f"{predictor.names[0]} config")
     task = meta["task"]
+    if task == "mil":  # bags: probabilities, instance scores and heat maps (engine/predict_mil.py)
+        from .predict_mil import predict_bags
+
+        return predict_bags(model, meta, input, output, overwrite=overwrite, device=device)
     spatial_dims = meta["model_args"]["spatial_dims"]
     in_channels = meta["model_args"]["in_channels"]
     transform = eval_transforms(task, spatial_dims, modality=config.transforms.modality)

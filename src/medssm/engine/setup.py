@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from .. import __version__
 from ..conventions import DENSE_TASKS, MODEL_TASK
 from ..data import build_dataset
+from ..data.mil_colon import bag_transforms
 from ..data.transforms import eval_transforms, train_transforms
 from ..models import get_entry
 from .checkpoint import read_meta
@@ -28,7 +29,8 @@ from .tasks import check_supported
 logger = logging.getLogger(__name__)
 
 # The loss "auto" picks for each task the training loop implements.
-DEFAULT_LOSS = {"segmentation": "dice_ce", "classification": "ce", "multilabel": "bce", "restoration": "l1"}
+DEFAULT_LOSS = {"segmentation": "dice_ce", "classification": "ce", "multilabel": "bce", "restoration": "l1",
+                "mil": "ce"}
 
 
 class SeededTransformDataset(Dataset):
@@ -77,6 +79,8 @@ def build_split(config: Config, split: str, train: bool) -> tuple[Dataset, Any]:
     """The dataset of ``split`` with the preset transforms (training or evaluation)."""
     dataset = build_dataset(config.data.name, split=split, **config.data.args)
     t = config.transforms
+    if dataset.task == "mil":  # bags: per-instance flips, rotations and colour (patch bags only)
+        return dataset, bag_transforms(dataset, train, flips=t.flips, rotations=t.rotations)
     patch = tuple(t.patch_size) if t.patch_size else None
     if train:
         transform = train_transforms(dataset.task, dataset.spatial_dims, patch_size=patch, modality=t.modality,
@@ -89,6 +93,8 @@ def build_split(config: Config, split: str, train: bool) -> tuple[Dataset, Any]:
 def model_arguments(config: Config, dataset: Any) -> dict[str, Any]:
     """The model's constructor arguments: the dataset's dims and channels unless the config sets them."""
     out_channels = dataset.in_channels if dataset.task == "restoration" else dataset.num_classes
+    if dataset.task == "mil":  # a bag has no spatial axes
+        return {"in_channels": dataset.in_channels, "out_channels": out_channels, **config.model.args}
     return {"spatial_dims": dataset.spatial_dims, "in_channels": dataset.in_channels, "out_channels": out_channels,
             **config.model.args}
 
@@ -129,9 +135,9 @@ def roi_size(config: Config, task: str) -> tuple[int, ...] | None:
 
 def evaluation_loader(dataset: Dataset, transform: Any, task: str, batch_size: int, info: DistInfo,
                       num_workers: int) -> DataLoader:
-    """This rank's shard of an evaluation set; dense tasks go one case at a time (sizes may differ)."""
+    """This rank's shard of an evaluation set; dense tasks and bags go one case at a time (sizes may differ)."""
     view = Subset(SeededTransformDataset(dataset, transform, 0), shard_indices(len(dataset), info))
-    dense = task in DENSE_TASKS
+    dense = task in DENSE_TASKS or task == "mil"
     return DataLoader(view, batch_size=1 if dense else batch_size, shuffle=False, num_workers=num_workers)
 
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from ..conventions import check_task
 
-# The tasks the training loop, its losses, metrics and inference implement (not yet "mil" or "events").
-ENGINE_TASKS: tuple[str, ...] = ("segmentation", "classification", "multilabel", "restoration")
+# The tasks the training loop, its losses, metrics and inference implement (not yet "events").
+ENGINE_TASKS: tuple[str, ...] = ("segmentation", "classification", "multilabel", "restoration", "mil")
+
+# The tasks whose target is one class index per sample ("mil": per bag): the same losses, metrics and reports.
+SINGLE_LABEL_TASKS: tuple[str, ...] = ("classification", "mil")
 
 
 def check_supported(task: str, allowed: tuple[str, ...], what: str) -> str:

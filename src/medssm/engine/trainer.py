@@ -14,6 +14,8 @@ killed at any moment and resumed from its last checkpoint therefore replays the 
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
 import math
@@ -24,7 +26,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 from tqdm.auto import tqdm
 
 from ..models import create_model
@@ -209,9 +211,11 @@ def _setup_run(config: Config, out_dir: Path, resume: bool, device: torch.device
         train_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    sampler = ShardedBatchSampler(len(train_set), tc.batch_size, info, tc.seed)
+    # One sampler batch is one optimizer step: ``accumulate`` micro-batches of batch_size (see micro_batches).
+    sampler = ShardedBatchSampler(len(train_set), tc.batch_size * tc.accumulate, info, tc.seed)
     total_steps = tc.max_steps or tc.epochs * sampler.batches_per_epoch()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    optimizer_class = torch.optim.Adam if tc.optimizer == "adam" else torch.optim.AdamW
+    optimizer = optimizer_class(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, tc.warmup_steps, total_steps, tc.min_lr_ratio))
     scaler = torch.amp.GradScaler(device.type, enabled=tc.amp == "fp16")
@@ -262,7 +266,8 @@ def _train(run: _Run, progress: bool) -> dict[str, Any]:
         run.train_view.set_epoch(counters["epoch"])
         # Its own generator, so that creating a loader mid-epoch does not consume the global RNG.
         loader = DataLoader(run.train_view, batch_sampler=run.sampler, num_workers=tc.num_workers,
-                            generator=torch.Generator().manual_seed(tc.seed + counters["epoch"]))
+                            generator=torch.Generator().manual_seed(tc.seed + counters["epoch"]),
+                            collate_fn=functools.partial(micro_batches, parts=tc.accumulate))
         for batch in loader:
             running.append(_train_step(run, batch))
             step = counters["step"]
@@ -286,18 +291,35 @@ def _train(run: _Run, progress: bool) -> dict[str, Any]:
     return _finish(run)
 
 
-def _train_step(run: _Run, batch: dict[str, Any]) -> float:
-    """One optimizer step on ``batch``; returns its loss."""
-    tc, device = run.config.train, run.device
+def micro_batches(items: list[dict[str, Any]], parts: int = 1) -> list[dict[str, Any]]:
+    """Collate one optimizer step's items into ``parts`` equal micro-batches (gradient accumulation).
+
+    Items of different shapes (bags of different sizes) cannot be stacked: ValueError saying so."""
+    if len(items) % parts:
+        raise ValueError(f"{len(items)} samples per process cannot be split into train.accumulate={parts} equal "
+                         "micro-batches; make train.batch_size a multiple of the number of processes")
+    size = len(items) // parts
+    try:
+        return [default_collate(items[i:i + size]) for i in range(0, len(items), size)]
+    except RuntimeError as error:
+        raise ValueError(f"cannot batch samples of different shapes ({error}); bags of different sizes need "
+                         "train.batch_size=1 (train.accumulate=K averages K of them per step)") from error
+
+
+def _train_step(run: _Run, batch: list[dict[str, Any]]) -> float:
+    """One optimizer step on the micro-batches of ``batch`` (their mean loss); returns the loss."""
+    tc = run.config.train
     run.train_model.train()
-    image, label = batch["image"].to(device), batch["label"].to(device)
-    with torch.autocast(device.type, dtype=run.amp_dtype or torch.float32, enabled=run.amp_dtype is not None):
-        output = run.train_model(image)
-    loss = run.loss_fn(output.float(), label.float() if run.task in FLOAT_TARGET_TASKS else label)
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"loss is {loss.item()} at step {run.counters['step'] + 1}")
     run.optimizer.zero_grad(set_to_none=True)
-    run.scaler.scale(loss).backward()
+    total = 0.0
+    for i, micro in enumerate(batch):
+        last = i == len(batch) - 1
+        # DDP averages gradients across processes once, on the step's last micro-batch.
+        sync = contextlib.nullcontext() if last or not run.info.enabled else run.train_model.no_sync()
+        with sync:
+            loss = _micro_loss(run, micro) / len(batch)
+            run.scaler.scale(loss).backward()
+        total += loss.item()
     if tc.grad_clip:
         run.scaler.unscale_(run.optimizer)
         nn.utils.clip_grad_norm_(run.model.parameters(), tc.grad_clip)
@@ -306,7 +328,19 @@ def _train_step(run: _Run, batch: dict[str, Any]) -> float:
     run.scheduler.step()
     run.counters["step"] += 1
     run.counters["batch_in_epoch"] += 1
-    return loss.item()
+    return total
+
+
+def _micro_loss(run: _Run, batch: dict[str, Any]) -> torch.Tensor:
+    """The loss of one micro-batch; FloatingPointError when it is not finite."""
+    device = run.device
+    image, label = batch["image"].to(device), batch["label"].to(device)
+    with torch.autocast(device.type, dtype=run.amp_dtype or torch.float32, enabled=run.amp_dtype is not None):
+        output = run.train_model(image)
+    loss = run.loss_fn(output.float(), label.float() if run.task in FLOAT_TARGET_TASKS else label)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"loss is {loss.item()} at step {run.counters['step'] + 1}")
+    return loss
 
 
 def _log_loss(run: _Run, running: list[float], started: float, bar: tqdm | None) -> None:

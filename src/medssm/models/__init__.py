@@ -5,10 +5,13 @@ registry itself imports no family (timm's layout). A new family file is added to
 """
 
 from . import (  # noqa: F401  (each family registers its models on import)
+    abmil,
     baselines,
     lightm_unet,
+    mamba_mil,
     mini,
     segmamba,
+    transmil,
     umamba,
     vm_unet,
 )
