@@ -117,8 +117,10 @@ def cmd_bench_models(args: argparse.Namespace) -> int:
     train_sizes: tuple[int, ...] = ()
     if args.train_step:
         train_sizes = tuple(args.train_sizes or sorted({min(sizes[3]), models.TRAIN_SIDE}))
+    classifier_sizes = tuple(args.classifier_sizes or (models.CLASSIFIER_SIDE,)) if args.classifier_step else ()
     models.run(models=args.model, spatial_dims=args.spatial_dims, sizes=sizes, repeats=args.repeats,
-               max_seconds=args.max_seconds, train_sizes=train_sizes, threads=args.threads, out_dir=out)
+               max_seconds=args.max_seconds, train_sizes=train_sizes, threads=args.threads, out_dir=out,
+               classifier_sizes=classifier_sizes)
     return 0
 
 
@@ -256,6 +258,13 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_configs(args: argparse.Namespace) -> int:
+    from medssm.engine.config_docs import markdown, plain
+
+    print(markdown() if args.markdown else plain(), end="")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from medssm.engine.demo import run_demo
 
@@ -291,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cv(sub)
     _add_models(sub)
     _add_demo(sub)
+    _add_configs(sub)
     return parser
 
 
@@ -366,6 +376,10 @@ def _add_bench_models(bench_sub: argparse._SubParsersAction) -> None:
                     help="also time a 3D training step (forward, backward, AdamW) at batch 2")
     mo.add_argument("--train-sizes", type=_sides, default=None,
                     help="3D sides of the training step (default: the smallest 3D size and 64)")
+    mo.add_argument("--classifier-step", action="store_true",
+                    help="also time a 3D classifier's training step at batch 8 (with --model: only the models named)")
+    mo.add_argument("--classifier-sizes", type=_sides, default=None,
+                    help="3D sides of the classifier step (default: 64)")
     mo.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     mo.add_argument("--out", type=Path, default=None,
                     help="folder for models.json and models.png (default medssm-bench/models-<timestamp>)")
@@ -487,6 +501,14 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     de.add_argument("--overwrite", action="store_true", help="replace an existing demo folder")
     de.add_argument("--no-progress", action="store_true", help="no progress bar")
     de.set_defaults(func=cmd_demo)
+
+
+def _add_configs(sub: argparse._SubParsersAction) -> None:
+    co = sub.add_parser("configs", help="every config key: section, type, default and meaning",
+                        description="Every key of the config schema with its type, default and meaning; "
+                                    "--markdown prints docs/configs.md (with each data set's arguments).")
+    co.add_argument("--markdown", action="store_true", help="print docs/configs.md")
+    co.set_defaults(func=cmd_configs)
 
 
 def main(argv: list[str] | None = None) -> int:

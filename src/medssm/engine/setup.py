@@ -141,16 +141,30 @@ def evaluation_loader(dataset: Dataset, transform: Any, task: str, batch_size: i
     return DataLoader(view, batch_size=1 if dense else batch_size, shuffle=False, num_workers=num_workers)
 
 
-def make_loss(name: str, task: str) -> nn.Module:
-    """The loss ``train.loss`` names; ``"auto"`` is the task's default (:data:`DEFAULT_LOSS`)."""
+def make_loss(name: str, task: str, class_weights: list[float] | None = None) -> nn.Module:
+    """The loss ``train.loss`` names; ``"auto"`` is the task's default (:data:`DEFAULT_LOSS`).
+
+    ``class_weights`` (``train.class_weights`` resolved, see :mod:`medssm.engine.imbalance`) weigh the
+    cross-entropy of ``ce`` and the cross-entropy part of ``dice_ce`` (the Dice part stays unweighted), and
+    are ``bce``'s ``pos_weight``."""
     check_supported(task, tuple(DEFAULT_LOSS), "the training losses")
     name = DEFAULT_LOSS[task] if name == "auto" else name
+    weight = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
     if name == "dice_ce":
-        return DiceCELoss(to_onehot_y=True, softmax=True)
+        loss = DiceCELoss(to_onehot_y=True, softmax=True)
+        if weight is not None:  # MONAI's weight= would weigh the Dice term too
+            loss.cross_entropy = nn.CrossEntropyLoss(weight=weight)
+        return loss
     losses = {"ce": nn.CrossEntropyLoss, "bce": nn.BCEWithLogitsLoss, "l1": nn.L1Loss, "mse": nn.MSELoss}
     if name not in losses:
         raise ValueError(f"train.loss must be 'auto', 'dice_ce' or one of {sorted(losses)}, got {name!r}")
-    return losses[name]()
+    if weight is None:
+        return losses[name]()
+    if name == "ce":
+        return nn.CrossEntropyLoss(weight=weight)
+    if name == "bce":
+        return nn.BCEWithLogitsLoss(pos_weight=weight)
+    raise ValueError(f"train.class_weights weigh the ce, bce and dice_ce losses, not {name}")
 
 
 def has_checkpoint(out_dir: Path) -> bool:

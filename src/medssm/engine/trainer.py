@@ -43,6 +43,7 @@ from .distributed import (
 )
 from .files import write_text_atomic
 from .folds import save_or_check_splits, split_record
+from .imbalance import make_train_sampler, resolve_class_weights
 from .inference import infer
 from .metrics import Metrics, higher_is_better, selection_metric
 from .report import plot_curves
@@ -212,7 +213,9 @@ def _setup_run(config: Config, out_dir: Path, resume: bool, device: torch.device
             model, device_ids=[device.index] if device.type == "cuda" else None)
 
     # One sampler batch is one optimizer step: ``accumulate`` micro-batches of batch_size (see micro_batches).
-    sampler = ShardedBatchSampler(len(train_set), tc.batch_size * tc.accumulate, info, tc.seed)
+    sampler = make_train_sampler(tc.sampler, train_set, task, tc.batch_size * tc.accumulate, info, tc.seed)
+    class_weights = resolve_class_weights(tc.class_weights, train_set, task, model_args["out_channels"], out_dir,
+                                          resume, info)
     total_steps = tc.max_steps or tc.epochs * sampler.batches_per_epoch()
     optimizer_class = torch.optim.Adam if tc.optimizer == "adam" else torch.optim.AdamW
     optimizer = optimizer_class(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
@@ -225,11 +228,12 @@ def _setup_run(config: Config, out_dir: Path, resume: bool, device: torch.device
                      "train_size": len(train_set), "val_split": config.data.val_split,
                      "val_size": len(val_set), "train_cases": case_names(train_set),
                      "val_cases": case_names(val_set)},
-            "versions": versions()}
+            "versions": versions(), "class_weights": class_weights}
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tc.amp)
+    loss_fn = make_loss(tc.loss, task, class_weights).to(device)
     run = _Run(config=config, out_dir=out_dir, info=info, device=device, task=task,
                num_classes=train_set.num_classes, model=model, train_model=train_model, optimizer=optimizer,
-               scheduler=scheduler, scaler=scaler, amp_dtype=amp_dtype, loss_fn=make_loss(tc.loss, task),
+               scheduler=scheduler, scaler=scaler, amp_dtype=amp_dtype, loss_fn=loss_fn,
                sampler=sampler,
                train_view=SeededTransformDataset(train_set, train_transform, tc.seed),
                val_loader=evaluation_loader(val_set, val_transform, task, tc.batch_size, info, tc.num_workers),
@@ -379,11 +383,23 @@ def _validate(run: _Run, bar: tqdm | None) -> bool:
         plot_curves(run.log.rows, run.out_dir / "curves.png")
     if bar is not None:
         bar.set_postfix(**{run.metric: f"{score:.4f}", "best": f"{counters['best']:.4f}"}, refresh=False)
+        bar.write(validation_line(step, scores, run.metric, counters), file=bar.fp)
+    elif run.info.is_main:
+        logger.info(validation_line(step, scores, run.metric, counters))
     if tc.early_stopping and counters["bad_validations"] >= tc.early_stopping:
         logger.info("early stopping at step %d: %d validations without improvement", step,
                     counters["bad_validations"])
         return True
     return False
+
+
+def validation_line(step: int, scores: dict[str, float], metric: str, counters: dict[str, Any]) -> str:
+    """One line per validation: every summary metric (not the per-class ``_<k>`` ones) and the best so far,
+    e.g. "step 100 val: accuracy 0.9000 balanced_accuracy 0.5000 auc 0.7100 f1 0.4737 | best auc 0.7100 at
+    step 100" (a binary classifier that predicts the majority class shows balanced accuracy 0.5)."""
+    shown = {k: v for k, v in scores.items() if not k.rpartition("_")[2].isdigit() or k == metric}
+    values = " ".join(f"{k} {v:.4f}" for k, v in shown.items())
+    return f"step {step} val: {values} | best {metric} {counters['best']:.4f} at step {counters['best_step']}"
 
 
 def _save_last(run: _Run) -> None:
