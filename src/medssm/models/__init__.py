@@ -6,11 +6,16 @@ registry itself imports no family (timm's layout). A new family file is added to
 
 from . import (  # noqa: F401  (each family registers its models on import)
     baselines,
+    ecg_mamba,
     lightm_unet,
+    mambaout,
+    medmamba,
     mini,
     segmamba,
     umamba,
+    vim,
     vm_unet,
+    vmamba,
 )
 from .registry import (
     MODEL_TASKS,
