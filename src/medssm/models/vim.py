@@ -65,7 +65,7 @@ def resize_pos_embed(pos_embed: torch.Tensor, grid0: Sequence[int], grid: Sequen
     """Split Vim's pos_embed (1, T0 + 1, D) (class-token entry at T0 // 2) into the class token's (1, 1, D) and
     the patches' on ``grid``, (1, D, *grid): the patches' entries on the default grid ``grid0`` resized by
     (bi/tri)linear interpolation (align_corners=False) when ``grid`` differs."""
-    middle = pos_embed.shape[1] // 2
+    middle = (pos_embed.shape[1] - 1) // 2  # T0 // 2
     cls_pos = pos_embed[:, middle:middle + 1]
     patches = torch.cat((pos_embed[:, :middle], pos_embed[:, middle + 1:]), dim=1)
     patches = patches.transpose(1, 2).reshape(1, -1, *grid0)
