@@ -4,7 +4,6 @@ parameter count."""
 from __future__ import annotations
 
 import pytest
-import torch
 from _classifier_checks import check_no_ssm, check_odd_shape, check_route, route_cases
 
 from medssm.layers import PatchMerging, VSSBlock
