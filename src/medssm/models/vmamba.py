@@ -11,10 +11,11 @@ Structure (:class:`VMamba`)::
 As the paper's first (v0) models, which the released code (MzeroMiko/VMamba, vmamba.py, "v0" config) keeps:
 PatchEmbed with patch 4, SS2D with d_state 16, expand 2, depthwise 3x3 conv, the cross route, LayerNorm after
 the scan, a final LayerNorm and a linear head; VMamba-T is ``dims=(96, 192, 384, 768), depths=(2, 2, 9, 2),
-mlp_ratio=0, patch_size=4`` (22M at 1000 classes). Differences: N-d (``route="cross"`` is K = 2 orders in 1D,
-4 in 2D, 6 in 3D; ``route=`` takes any route of ``medssm.scans``); the small default uses patch 2 and an MLP
-ratio 0 as v0 (``mlp_ratio=4`` gives v2's MLP); the pool ignores the zero padding that makes any
-input size work; our selective-scan backends instead of the CUDA kernel; default initialisation.
+mlp_ratio=0, patch_size=4`` (the paper's 22M at 1000 classes; 22.89M here). The small default keeps v0's
+blocks without MLP (``mlp_ratio=4`` gives VMamba v2's MLP branch) at widths (16, 32, 64, 96) and patch 2 (28x28
+inputs). Differences: N-d (``route="cross"`` is K = 2 orders in 1D, 4 in 2D, 6 in 3D; ``route=`` takes any
+route of ``medssm.scans``); the pool ignores the zero padding that makes any input size work; our
+selective-scan backends instead of the CUDA kernel; default initialisation.
 """
 
 from __future__ import annotations
