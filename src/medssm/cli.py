@@ -197,6 +197,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from medssm.engine.predict import predict_checkpoint
 
+    if args.stream:  # a long WFDB record through a causal model, chunk by chunk (medssm.engine.stream)
+        from medssm.engine.setup import resolve_run_checkpoint
+        from medssm.engine.stream import stream_record
+
+        if len(args.checkpoint) != 1:
+            raise ValueError(f"--stream runs one checkpoint, got {len(args.checkpoint)}")
+        record = args.input.with_suffix("") if args.input.suffix in (".hea", ".dat") else args.input
+        summary = stream_record(resolve_run_checkpoint(args.checkpoint[0]), record, args.output,
+                                window_seconds=args.window_seconds, chunk_seconds=args.chunk_seconds,
+                                max_seconds=args.max_seconds)
+        print("  ".join(f"{key} {value:.4g}" for key, value in summary.items()))
+        print(f"wrote {summary['windows']} window prediction(s) to {args.output}")
+        return 0
     written = predict_checkpoint(args.checkpoint, args.input, args.output,
                                  probabilities=args.probabilities, overwrite=args.overwrite, tta=args.tta,
                                  roi_size=args.roi_size, continue_on_error=args.continue_on_error,
@@ -459,6 +472,11 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
                     help="leave cases whose outputs exist (or whose CSV row exists) alone: rerun after a failure")
     pr.add_argument("--continue-on-error", action="store_true",
                     help="predict the other cases when one fails; the failures go to failed.json and the exit code")
+    pr.add_argument("--stream", action="store_true",
+                    help="stream a WFDB record (--input without extension) through a causal model; --output: CSV")
+    pr.add_argument("--window-seconds", type=float, default=1.0, help="--stream: seconds per predicted window")
+    pr.add_argument("--chunk-seconds", type=float, default=1.0, help="--stream: seconds of signal read at a time")
+    pr.add_argument("--max-seconds", type=float, default=None, help="--stream: stop after this much signal")
     _add_run_options(pr)
     pr.set_defaults(func=cmd_predict)
 

@@ -7,13 +7,18 @@ registry itself imports no family (timm's layout). A new family file is added to
 from . import (  # noqa: F401  (each family registers its models on import)
     abmil,
     baselines,
+    ecg_mamba,
     lightm_unet,
     mamba_mil,
+    mambaout,
+    medmamba,
     mini,
     segmamba,
     transmil,
     umamba,
+    vim,
     vm_unet,
+    vmamba,
 )
 from .registry import (
     MODEL_TASKS,

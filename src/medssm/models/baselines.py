@@ -17,6 +17,13 @@ MONAI's keys and MONAI checkpoints load unchanged.
 - ``swin_unetr``: MONAI's SwinUNETR (Hatamizadeh et al. 2022, arXiv:2201.01266), feature_size 24 (MONAI's
   default; the paper's 48 by argument), window 7, depths (2, 2, 2, 2) (MONAI builds it with einops, a medssm
   dependency for that reason).
+
+Classification baseline (any spatial_dims 1, 2, 3; MONAI's ResNet takes any input size as it is):
+
+- ``resnet18``: MONAI's ResNet (He et al. 2016, arXiv:1512.03385), basic blocks (2, 2, 2, 2), widths
+  (64, 128, 256, 512), shortcut B. ``small_input=True`` (default) is MedMNIST v2's "ResNet-18 (28)" (Yang et
+  al. 2023, Sci Data 10:41): conv1 3x3 stride 1 and no max pool, 11.17M parameters in 2D (3.85M 1D, 33.1M
+  3D); ``small_input=False`` the ImageNet stem (7x7 stride 2, max pool) for 224-size inputs.
 """
 
 from __future__ import annotations
@@ -112,3 +119,20 @@ def swin_unetr(spatial_dims: int = 2, in_channels: int = 1, out_channels: int = 
                **kwargs) -> nn.Module:
     """MONAI SwinUNETR (Hatamizadeh et al. 2022, no Mamba): the shifted-window transformer U-Net baseline."""
     return PaddedSwinUNETR(_check_dims(spatial_dims), in_channels, out_channels, feature_size=feature_size, **kwargs)
+
+
+# --- classification ----------------------------------------------------------------------------------------------
+
+
+@register_model("classification", spatial_dims=(1, 2, 3), input_size={1: (256,), 2: (28, 28), 3: (28, 28, 28)})
+def resnet18(spatial_dims: int = 2, in_channels: int = 1, out_channels: int = 2, small_input: bool = True,
+             **kwargs) -> nn.Module:
+    """MONAI ResNet-18 (He et al. 2016, no Mamba), 1D/2D/3D; small_input: MedMNIST v2's "ResNet-18 (28)" stem."""
+    from monai.networks.nets import ResNet
+
+    # MedMNIST v2 (Yang et al. 2023) keeps 28x28 inputs' resolution: conv1 3x3 stride 1 and no max pool;
+    # small_input=False is the ImageNet stem (7x7 stride 2 and a 3x3 max pool) for 224-size inputs.
+    stem = dict(conv1_t_size=3, conv1_t_stride=1, no_max_pool=True) if small_input else dict(
+        conv1_t_size=7, conv1_t_stride=2, no_max_pool=False)
+    return ResNet("basic", [2, 2, 2, 2], [64, 128, 256, 512], spatial_dims=check_spatial_dims(spatial_dims),
+                  n_input_channels=in_channels, num_classes=out_channels, **{**stem, **kwargs})
