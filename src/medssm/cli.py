@@ -137,7 +137,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from medssm.engine.evaluate import evaluate
     from medssm.engine.setup import resolve_run_checkpoint
 
-    checkpoint = resolve_run_checkpoint(args.checkpoint)
+    if (args.checkpoint is None) == (args.model is None):
+        raise ValueError("give either --checkpoint (a trained run) or --model with --config (a classical method, "
+                         "e.g. --model bm3d --config duke_oct)")
+    if args.model is not None and (args.config is None or args.out is None):
+        raise ValueError(f"--model {args.model} needs --config (the data) and --out (the report folder)")
+    checkpoint = None if args.checkpoint is None else resolve_run_checkpoint(args.checkpoint)
     overrides = list(args.overrides)
     if args.tta:
         overrides.append("inference.tta=true")
@@ -145,7 +150,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         overrides.append(f"inference.roi_size={list(args.roi_size)}")
     out = args.out or Path(args.checkpoint) / f"eval-{args.split or 'test'}"
     metrics = evaluate(checkpoint, out, split=args.split, overrides=overrides, overwrite=args.overwrite,
-                       device=args.device or "auto", progress=not args.no_progress)
+                       device=args.device or "auto", progress=not args.no_progress, method=args.model,
+                       config=resolve_config(args.config) if args.model else None, all_images=args.all_images)
     width = max(len(k) for k in metrics)
     for key, value in metrics.items():
         print(f"{key:<{width}}  {value:.4f}")
@@ -337,7 +343,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     ev = sub.add_parser("evaluate", help="metrics, per-case table and overlays for a checkpoint on a split")
-    ev.add_argument("--checkpoint", type=Path, required=True, help="run folder or checkpoint folder")
+    ev.add_argument("--checkpoint", type=Path, default=None, help="run folder or checkpoint folder")
+    ev.add_argument("--model", choices=["bm3d"], default=None,
+                    help="a classical method instead of a checkpoint (restoration; needs --config and --out)")
+    ev.add_argument("--config", default=None, help="with --model: YAML config or shipped config name (the data)")
+    ev.add_argument("--all-images", action="store_true",
+                    help="restoration: a side-by-side PNG for every case (default: the first 8)")
     ev.add_argument("--split", default=None, help="dataset split (default: the config's test split)")
     ev.add_argument("--out", type=Path, default=None, help="report folder (default: <checkpoint>/eval-<split>)")
     ev.add_argument("--tta", action="store_true", help="flip test-time augmentation")

@@ -245,7 +245,7 @@ def predict_checkpoint(checkpoint: str | Path, input: str | Path, output: str | 
 
     def predict_fn(image: torch.Tensor) -> torch.Tensor:
         return infer(model, image.to(device), task, roi_size=roi, overlap=inf.overlap,
-                     sw_batch_size=inf.sw_batch_size, tta_flips=tta or inf.tta).float().cpu()
+                     sw_batch_size=inf.sw_batch_size, tta_flips=tta or inf.tta, mode=inf.mode).float().cpu()
 
     file_task = "classification" if task == "multilabel" else task
     return predict_path(input, output, predict_fn, task=file_task, probabilities=probabilities,

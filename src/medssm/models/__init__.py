@@ -6,7 +6,10 @@ registry itself imports no family (timm's layout). A new family file is added to
 
 from . import (  # noqa: F401  (each family registers its models on import)
     baselines,
+    dncnn,
     lightm_unet,
+    mair,
+    mambair,
     mini,
     segmamba,
     umamba,
