@@ -55,3 +55,17 @@ def test_baselines_take_no_route_or_ssm_and_only_2d_3d(name):
         create_model(name, route="cross")
     with pytest.raises(ValueError, match="spatial_dims"):
         create_model(name, spatial_dims=1)
+
+
+def test_residual_unet_adds_the_unet_output_to_its_input():
+    from medssm.models import create_model
+    from medssm.models.baselines import PaddedBasicUNet
+
+    torch.manual_seed(0)
+    model = create_model("residual_unet", features=(4, 4, 8, 8, 16, 4)).eval()
+    plain = PaddedBasicUNet(2, 1, 1, features=(4, 4, 8, 8, 16, 4)).eval()
+    plain.load_state_dict(model.state_dict())  # MONAI's keys, unchanged
+    x = torch.rand(1, 1, 19, 23)
+    torch.testing.assert_close(model(x), x + plain(x))
+    with pytest.raises(ValueError, match="out_channels must equal in_channels=1, got 2"):
+        create_model("residual_unet", out_channels=2)
