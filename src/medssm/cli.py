@@ -85,12 +85,14 @@ def cmd_bench_models(args: argparse.Namespace) -> int:
 
     out = check_output(args.out or Path("medssm-bench") / time.strftime("models-%Y%m%d-%H%M%S"), args.overwrite,
                        "--out folder")
-    sizes = {2: tuple(args.sizes_2d or models.DEFAULT_SIZES[2]), 3: tuple(args.sizes_3d or models.DEFAULT_SIZES[3])}
+    default_2d = models.RESTORATION_SIZES_2D if args.task == "restoration" else models.DEFAULT_SIZES[2]
+    sizes = {2: tuple(args.sizes_2d or default_2d), 3: tuple(args.sizes_3d or models.DEFAULT_SIZES[3])}
     train_sizes: tuple[int, ...] = ()
     if args.train_step:
         train_sizes = tuple(args.train_sizes or sorted({min(sizes[3]), models.TRAIN_SIDE}))
     models.run(models=args.model, spatial_dims=args.spatial_dims, sizes=sizes, repeats=args.repeats,
-               max_seconds=args.max_seconds, train_sizes=train_sizes, threads=args.threads, out_dir=out)
+               max_seconds=args.max_seconds, train_sizes=train_sizes, threads=args.threads, out_dir=out,
+               task=args.task)
     return 0
 
 
@@ -301,10 +303,13 @@ def _add_bench_models(bench_sub: argparse._SubParsersAction) -> None:
         description="Each (model, dims, size) in a fresh process: median forward time (batch 1, eval, no_grad) "
                     "after one warm-up, peak resident-set growth of one forward, parameters, FLOPs; "
                     "models.json and models.png in --out.")
-    mo.add_argument("--model", action="append", help="registered segmentation model (repeatable; default: all)")
+    mo.add_argument("--task", choices=["segmentation", "restoration"], default="segmentation",
+                    help="which models (default segmentation; restoration: 1 output channel, 2D sides 256-2048)")
+    mo.add_argument("--model", action="append", help="registered model of --task (repeatable; default: all)")
     mo.add_argument("--spatial-dims", type=int, action="append", choices=[2, 3],
                     help="repeatable; default: 2 and 3 where the model supports them")
-    mo.add_argument("--sizes-2d", type=_sides, default=None, help="2D sides, e.g. 32,64 (default 128,256,512,1024)")
+    mo.add_argument("--sizes-2d", type=_sides, default=None, help="2D sides, e.g. 32,64 (default 128,256,512,1024; "
+                    "with --task restoration 256,512,1024,2048)")
     mo.add_argument("--sizes-3d", type=_sides, default=None, help="3D sides, e.g. 16,32 (default 32,64,96,128)")
     mo.add_argument("--repeats", type=int, default=3, help="timed calls per case (median), after one warm-up")
     mo.add_argument("--max-seconds", type=float, default=60.0,
