@@ -42,7 +42,7 @@ def test_bm3d_module_denoises_each_image_and_channel():
     rng = np.random.default_rng(1)
     clean = np.stack([_clean(seed=s) for s in range(2)])[:, None]  # (2, 1, 32, 40)
     noisy = torch.from_numpy(np.clip(clean + rng.normal(0, 0.08, clean.shape), 0, 1)).float()
-    model = BM3DDenoiser(domain="linear")
+    model = BM3DDenoiser(domain="linear", sigma_scale=1.0)
     out = model(noisy)
     assert out.shape == noisy.shape and out.dtype == noisy.dtype and len(model.last_sigmas) == 2
     mse_in = ((noisy.numpy() - clean) ** 2).mean()
@@ -92,7 +92,7 @@ def test_evaluate_bm3d_writes_the_restoration_report(tmp_path, bits):
     _paired_folder(root, bits=bits)
     out = tmp_path / "eval"
     metrics = evaluate(None, out, split="test", method="bm3d", config=_config(tmp_path, root),
-                       overrides=["model.name=bm3d", "model.args={domain: linear}"], max_overlays=1)
+                       overrides=["model.name=bm3d", "model.args={domain: linear, sigma_scale: 1.0}"], max_overlays=1)
     with open(out / "per_case.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["case"] for r in rows] == ["00", "01"]
