@@ -113,14 +113,15 @@ def cmd_bench_models(args: argparse.Namespace) -> int:
 
     out = check_output(args.out or Path("medssm-bench") / time.strftime("models-%Y%m%d-%H%M%S"), args.overwrite,
                        "--out folder")
-    sizes = {2: tuple(args.sizes_2d or models.DEFAULT_SIZES[2]), 3: tuple(args.sizes_3d or models.DEFAULT_SIZES[3])}
+    default_2d = models.RESTORATION_SIZES_2D if args.task == "restoration" else models.DEFAULT_SIZES[2]
+    sizes = {2: tuple(args.sizes_2d or default_2d), 3: tuple(args.sizes_3d or models.DEFAULT_SIZES[3])}
     train_sizes: tuple[int, ...] = ()
     if args.train_step:
         train_sizes = tuple(args.train_sizes or sorted({min(sizes[3]), models.TRAIN_SIDE}))
     classifier_sizes = tuple(args.classifier_sizes or (models.CLASSIFIER_SIDE,)) if args.classifier_step else ()
     models.run(models=args.model, spatial_dims=args.spatial_dims, sizes=sizes, repeats=args.repeats,
                max_seconds=args.max_seconds, train_sizes=train_sizes, threads=args.threads, out_dir=out,
-               classifier_sizes=classifier_sizes)
+               classifier_sizes=classifier_sizes, task=args.task)
     return 0
 
 
@@ -177,7 +178,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from medssm.engine.evaluate import evaluate
 
-    if len(args.checkpoint) > 1 and args.out is None:
+    if (args.checkpoint is None) == (args.model is None):
+        raise ValueError("give either --checkpoint (a trained run) or --model with --config (a classical method, "
+                         "e.g. --model bm3d --config duke_oct)")
+    if args.model is not None and (args.config is None or args.out is None):
+        raise ValueError(f"--model {args.model} needs --config (the data) and --out (the report folder)")
+    if args.checkpoint is not None and len(args.checkpoint) > 1 and args.out is None:
         raise ValueError("several --checkpoint values (an ensemble): give --out for the report")
     overrides = list(args.overrides)
     if args.tta:
@@ -186,7 +192,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         overrides.append(f"inference.roi_size={list(args.roi_size)}")
     out = args.out or Path(args.checkpoint[0]) / f"eval-{args.split or 'test'}"
     metrics = evaluate(args.checkpoint, out, split=args.split, overrides=overrides, overwrite=args.overwrite,
-                       device=args.device or "auto", progress=not args.no_progress)
+                       device=args.device or "auto", progress=not args.no_progress, method=args.model,
+                       config=resolve_config(args.config) if args.model else None, all_images=args.all_images)
     width = max(len(k) for k in metrics)
     for key, value in metrics.items():
         print(f"{key:<{width}}  {value:.4f}")
@@ -377,10 +384,13 @@ def _add_bench_models(bench_sub: argparse._SubParsersAction) -> None:
         description="Each (model, dims, size) in a fresh process: median forward time (batch 1, eval, no_grad) "
                     "after one warm-up, peak resident-set growth of one forward, parameters, FLOPs; "
                     "models.json and models.png in --out.")
-    mo.add_argument("--model", action="append", help="registered segmentation model (repeatable; default: all)")
+    mo.add_argument("--task", choices=["segmentation", "restoration"], default="segmentation",
+                    help="which models (default segmentation; restoration: 1 output channel, 2D sides 256-2048)")
+    mo.add_argument("--model", action="append", help="registered model of --task (repeatable; default: all)")
     mo.add_argument("--spatial-dims", type=int, action="append", choices=[2, 3],
                     help="repeatable; default: 2 and 3 where the model supports them")
-    mo.add_argument("--sizes-2d", type=_sides, default=None, help="2D sides, e.g. 32,64 (default 128,256,512,1024)")
+    mo.add_argument("--sizes-2d", type=_sides, default=None, help="2D sides, e.g. 32,64 (default 128,256,512,1024; "
+                    "with --task restoration 256,512,1024,2048)")
     mo.add_argument("--sizes-3d", type=_sides, default=None, help="3D sides, e.g. 16,32 (default 32,64,96,128)")
     mo.add_argument("--repeats", type=int, default=3, help="timed calls per case (median), after one warm-up")
     mo.add_argument("--max-seconds", type=float, default=60.0,
@@ -444,9 +454,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     ev = sub.add_parser("evaluate", help="metrics, per-case table and overlays for a checkpoint on a split")
-    ev.add_argument("--checkpoint", type=Path, required=True, action="append",
+    ev.add_argument("--checkpoint", type=Path, default=None, action="append",
                     help="run folder, checkpoint folder or cv folder; repeat it for an ensemble (the mean of the "
                          "probabilities)")
+    ev.add_argument("--model", choices=["bm3d"], default=None,
+                    help="a classical method instead of a checkpoint (restoration; needs --config and --out)")
+    ev.add_argument("--config", default=None, help="with --model: YAML config or shipped config name (the data)")
+    ev.add_argument("--all-images", action="store_true",
+                    help="restoration: a side-by-side PNG for every case (default: the first 8)")
     ev.add_argument("--split", default=None, help="dataset split (default: the config's test split)")
     ev.add_argument("--out", type=Path, default=None, help="report folder (default: <checkpoint>/eval-<split>)")
     ev.add_argument("--tta", action="store_true", help="flip test-time augmentation")

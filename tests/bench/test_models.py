@@ -154,3 +154,17 @@ def test_refuses_non_empty_out_without_overwrite(tmp_path, capsys):
     assert main(["bench", "models", "--model", "segresnet", "--sizes-2d", "8", "--out", str(out)]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert (out / "models.json").read_text() == "{}"
+
+
+def test_restoration_models(tmp_path, one_thread):
+    args = build_parser().parse_args(["bench", "models", "--task", "restoration", "--model", "mambair"])
+    assert args.task == "restoration" and args.model == ["mambair"]
+    planned = bench.plan_cases(None, [2], {2: bench.RESTORATION_SIZES_2D, 3: ()}, task="restoration")
+    assert {c.model for c in planned} == set(bench.list_models(task="restoration")) >= {"mambair", "mair", "dncnn"}
+    assert sorted({c.side for c in planned}) == [256, 512, 1024, 2048]
+    report = bench.run(models=["dncnn"], spatial_dims=[3], sizes={2: (8,), 3: (6,)}, repeats=1, train_sizes=(6,),
+                       threads=one_thread, out_dir=tmp_path, isolate=False, task="restoration")
+    assert [(r["mode"], r["skipped"]) for r in report["rows"]] == [("forward", None), ("train_step", None)]
+    assert report["settings"]["task"] == "restoration"
+    with pytest.raises(ValueError, match="measures restoration models; 'unet' is a segmentation model"):
+        bench.plan_cases(["unet"], task="restoration")

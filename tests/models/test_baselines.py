@@ -73,3 +73,17 @@ def test_resnet18_is_medmnist_resnet18_28_by_default():
     for dims, size in ((1, (37,)), (3, (9, 11, 7))):
         y = create_model("resnet18", spatial_dims=dims, in_channels=2, out_channels=3)(torch.randn(2, 2, *size))
         assert y.shape == (2, 3)
+
+
+def test_residual_unet_adds_the_unet_output_to_its_input():
+    from medssm.models import create_model
+    from medssm.models.baselines import PaddedBasicUNet
+
+    torch.manual_seed(0)
+    model = create_model("residual_unet", features=(4, 4, 8, 8, 16, 4)).eval()
+    plain = PaddedBasicUNet(2, 1, 1, features=(4, 4, 8, 8, 16, 4)).eval()
+    plain.load_state_dict(model.state_dict())  # MONAI's keys, unchanged
+    x = torch.rand(1, 1, 19, 23)
+    torch.testing.assert_close(model(x), x + plain(x))
+    with pytest.raises(ValueError, match="out_channels must equal in_channels=1, got 2"):
+        create_model("residual_unet", out_channels=2)

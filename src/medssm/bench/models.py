@@ -1,8 +1,10 @@
 """`medssm bench models`: CPU inference time, peak memory, parameters and FLOPs of the segmentation models
-against input size, and optionally a 3D training step.
+(or, with ``task="restoration"``, the restoration models) against input size, and optionally a 3D training
+step.
 
-For each (model, spatial_dims, size) it builds the registered model (1 input channel, 2 output channels) in
-a fresh Python process and, on a batch of 1 in eval mode under ``torch.no_grad()``:
+For each (model, spatial_dims, size) it builds the registered model (1 input channel, 2 output channels; a
+restoration model 1 output channel) in a fresh Python process and, on a batch of 1 in eval mode under
+``torch.no_grad()``:
 
 1. runs one forward as warm-up (kernel loading, lazy set-up); a warm-up that takes longer than
    ``max_seconds`` ends the case as skipped;
@@ -55,6 +57,8 @@ from ..models import count_flops, count_parameters, create_model, get_entry, lis
 from .scan import memory_supported, peak_extra_memory
 
 DEFAULT_SIZES = {2: (128, 256, 512, 1024), 3: (32, 64, 96, 128)}
+RESTORATION_SIZES_2D = (256, 512, 1024, 2048)  # B-scans and fundus photographs are large: the default there
+BENCH_TASKS = ("segmentation", "restoration")
 TRAIN_SIDE = 64  # the training-step row runs at the smallest 3D size and at 64^3
 IN_CHANNELS, OUT_CHANNELS = 1, 2
 BATCH = {"forward": 1, "train_step": 2, "classifier_step": 8}
@@ -129,8 +133,9 @@ def _step_fn(case: Case) -> tuple[torch.nn.Module, Callable[[], None]]:
     """The model and the no-argument function that runs one forward (no grad) or one training step."""
     entry = get_entry(case.model)
     torch.manual_seed(0)
+    restoration = entry.task == "restoration"
     model = create_model(case.model, **entry.model_kwargs(case.spatial_dims), in_channels=IN_CHANNELS,
-                         out_channels=OUT_CHANNELS)
+                         out_channels=IN_CHANNELS if restoration else OUT_CHANNELS)
     size = (case.side,) * case.spatial_dims
     x = entry.example_input(case.spatial_dims, batch=case.batch, in_channels=IN_CHANNELS, size=size)
     if case.mode == "forward":
@@ -142,12 +147,16 @@ def _step_fn(case: Case) -> tuple[torch.nn.Module, Callable[[], None]]:
 
         return model, forward
     model.train()
-    target_shape = (case.batch,) if case.mode == "classifier_step" else (case.batch, *size)
-    target = torch.randint(0, OUT_CHANNELS, target_shape)
+    if restoration:
+        target = torch.rand_like(x)
+    else:
+        target_shape = (case.batch,) if case.mode == "classifier_step" else (case.batch, *size)
+        target = torch.randint(0, OUT_CHANNELS, target_shape)
+    loss_fn = F.l1_loss if restoration else F.cross_entropy
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def train_step() -> None:  # gradients freed at the end, so the measured step allocates its own
-        F.cross_entropy(model(x), target).backward()
+        loss_fn(model(x), target).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -236,14 +245,17 @@ def measure_in_subprocess(case: Case, repeats: int, max_seconds: float, threads:
 
 def plan_cases(models: list[str] | None = None, spatial_dims: list[int] | None = None,
                sizes: dict[int, tuple[int, ...]] | None = None,
-               train_sizes: tuple[int, ...] = (), classifier_sizes: tuple[int, ...] = ()) -> list[Case]:
+               train_sizes: tuple[int, ...] = (), classifier_sizes: tuple[int, ...] = (),
+               task: str = "segmentation") -> list[Case]:
     """The cases in run order: per model and dims, the forward sizes ascending, then the 3D training steps;
     with ``classifier_sizes``, a 3D classification model's training step at batch 8 for each side.
-    ``models`` default: every registered segmentation model (and with ``classifier_sizes`` every 3D
-    classification model); ``spatial_dims`` default (2, 3), each where the model supports it."""
+    ``models`` default: every registered model of ``task`` (segmentation or restoration; and with
+    ``classifier_sizes`` every 3D classification model); ``spatial_dims`` default (2, 3), each where the model
+    supports it."""
+    if task not in BENCH_TASKS:
+        raise ValueError(f"task must be one of {BENCH_TASKS}, got {task!r}")
     sizes = sizes or DEFAULT_SIZES
-    names = models or list_models(task="segmentation") + (list_models(task="classification") if classifier_sizes
-                                                           else [])
+    names = models or list_models(task=task) + (list_models(task="classification") if classifier_sizes else [])
     cases = []
     for name in names:
         entry = get_entry(name)
@@ -251,9 +263,9 @@ def plan_cases(models: list[str] | None = None, spatial_dims: list[int] | None =
             if 3 in entry.variants:
                 cases += [Case(name, 3, side, "classifier_step") for side in sorted(set(classifier_sizes))]
             continue
-        if entry.task != "segmentation":
-            raise ValueError(f"bench models measures segmentation models (and 3D classification models with "
-                             f"--classifier-step); {name!r} is a {entry.task} model")
+        if entry.task != task:
+            raise ValueError(f"bench models --task {task} measures {task} models (and 3D classification models "
+                             f"with --classifier-step); {name!r} is a {entry.task} model")
         variants = entry.variants
         for dims in spatial_dims or (2, 3):
             if dims in variants:
@@ -381,16 +393,16 @@ def plot(rows: list[Row], path: Path) -> None:
 def run(models: list[str] | None = None, spatial_dims: list[int] | None = None,
         sizes: dict[int, tuple[int, ...]] | None = None, repeats: int = 3, max_seconds: float = 60.0,
         train_sizes: tuple[int, ...] = (), threads: int | None = None, out_dir: Path | None = None,
-        isolate: bool = True, classifier_sizes: tuple[int, ...] = ()) -> dict:
+        isolate: bool = True, classifier_sizes: tuple[int, ...] = (), task: str = "segmentation") -> dict:
     """Run the benchmark (see the module docstring), print the tables, write models.json and models.png
     under ``out_dir``; ``isolate=False`` measures in this process (no memory figures: tests, debugging)."""
     threads = threads or torch.get_num_threads()
     if not isolate:  # the children set their own; this process only runs them
         torch.set_num_threads(threads)
     sizes = sizes or DEFAULT_SIZES
-    cases = plan_cases(models, spatial_dims, sizes, train_sizes, classifier_sizes)
+    cases = plan_cases(models, spatial_dims, sizes, train_sizes, classifier_sizes=classifier_sizes, task=task)
     if not cases:
-        raise ValueError(f"no case to run: models {models or 'all segmentation'} at spatial_dims {spatial_dims}")
+        raise ValueError(f"no case to run: models {models or 'all ' + task} at spatial_dims {spatial_dims}")
     machine = {"processor": platform.processor() or platform.machine(), "cores": os.cpu_count(), "threads": threads,
                "torch": torch.__version__, "python": platform.python_version(), "openmp": openmp_spin_note(),
                "malloc": malloc_note()}
@@ -402,7 +414,7 @@ def run(models: list[str] | None = None, spatial_dims: list[int] | None = None,
     report = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "machine": machine,
-        "settings": {"repeats": repeats, "max_seconds": max_seconds, "in_channels": IN_CHANNELS,
+        "settings": {"task": task, "repeats": repeats, "max_seconds": max_seconds, "in_channels": IN_CHANNELS,
                      "out_channels": OUT_CHANNELS, "batch": BATCH, "sizes": {str(k): list(v) for k, v in sizes.items()},
                      "train_sizes": list(train_sizes), "classifier_sizes": list(classifier_sizes),
                      "isolated": isolate},

@@ -157,6 +157,7 @@ class InferenceConfig:
     overlap: float = 0.25
     sw_batch_size: int = 4
     tta: bool = False  # average over flips of every spatial axis
+    mode: str = "gaussian"  # sliding-window blending: gaussian (centre-weighted, hides seams) | constant
 
 
 @dataclass
@@ -269,6 +270,8 @@ def _validate(config: Config, source: str) -> None:
             raise ValueError(f"{source}: train.{name} must be >= 1, got {getattr(train, name)}")
     if not 0 <= config.inference.overlap < 1:
         raise ValueError(f"{source}: inference.overlap must be in [0, 1), got {config.inference.overlap}")
+    if config.inference.mode not in ("gaussian", "constant"):
+        raise ValueError(f"{source}: inference.mode must be gaussian or constant, got {config.inference.mode!r}")
 
 
 def _validate_imbalance(train: TrainConfig, source: str) -> None:

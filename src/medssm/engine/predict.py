@@ -250,7 +250,8 @@ def predict_checkpoint(checkpoint: CheckpointPaths, input: str | Path, output: s
 
     def predict_fn(image: torch.Tensor) -> torch.Tensor:
         return predictor(image.to(device), task, roi_size=roi, overlap=inf.overlap,
-                         sw_batch_size=inf.sw_batch_size, tta_flips=tta or inf.tta).float().cpu()
+                         sw_batch_size=inf.sw_batch_size, tta_flips=tta or inf.tta,
+                         mode=inf.mode).float().cpu()
 
     file_task = "classification" if task == "multilabel" else task
     return predict_path(input, output, predict_fn, task=file_task, probabilities=probabilities,

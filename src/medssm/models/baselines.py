@@ -17,6 +17,8 @@ MONAI's keys and MONAI checkpoints load unchanged.
 - ``swin_unetr``: MONAI's SwinUNETR (Hatamizadeh et al. 2022, arXiv:2201.01266), feature_size 24 (MONAI's
   default; the paper's 48 by argument), window 7, depths (2, 2, 2, 2) (MONAI builds it with einops, a medssm
   dependency for that reason).
+- ``residual_unet`` (restoration): the same BasicUNet with as many outputs as inputs, added to the input
+  (``x + unet(x)``: it predicts the residual, as the Mamba restorers do).
 
 Classification baseline (any spatial_dims 1, 2, 3; MONAI's ResNet takes any input size as it is):
 
@@ -36,6 +38,7 @@ import torch.nn.functional as F
 from monai.networks.nets import BasicUNet, SegResNet, SwinUNETR
 
 from ..conventions import check_spatial_dims
+from ..layers.restoration import check_same_channels
 from .registry import register_model
 
 UNET_FEATURES = (32, 32, 64, 128, 256, 32)
@@ -119,6 +122,22 @@ def swin_unetr(spatial_dims: int = 2, in_channels: int = 1, out_channels: int = 
                **kwargs) -> nn.Module:
     """MONAI SwinUNETR (Hatamizadeh et al. 2022, no Mamba): the shifted-window transformer U-Net baseline."""
     return PaddedSwinUNETR(_check_dims(spatial_dims), in_channels, out_channels, feature_size=feature_size, **kwargs)
+
+
+class ResidualBasicUNet(PaddedBasicUNet):
+    """MONAI's BasicUNet predicting a residual: (batch, C, *spatial) -> x + unet(x), (batch, C, *spatial)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (batch, C, *spatial) -> (batch, C, *spatial)."""
+        return x + super().forward(x)
+
+
+@register_model("restoration", spatial_dims=(2, 3), input_size={2: (32, 32), 3: (16, 16, 16)})
+def residual_unet(spatial_dims: int = 2, in_channels: int = 1, out_channels: int = 1,
+                  features: Sequence[int] = UNET_FEATURES, **kwargs) -> nn.Module:
+    """MONAI BasicUNet with a residual output, x + unet(x) (no Mamba): the restoration U-Net baseline."""
+    check_same_channels(in_channels, out_channels)
+    return ResidualBasicUNet(_check_dims(spatial_dims), in_channels, out_channels, features=tuple(features), **kwargs)
 
 
 # --- classification ----------------------------------------------------------------------------------------------
