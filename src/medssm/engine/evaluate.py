@@ -17,8 +17,8 @@ import yaml
 from tqdm.auto import tqdm
 
 from ..conventions import DENSE_TASKS
-from .config import apply_overrides, config_from_dict
 from .classical import CLASSICAL_METHODS, build_classical
+from .config import apply_overrides, config_from_dict
 from .distributed import DistInfo
 from .ensemble import CheckpointPaths, EnsemblePredictor, warn_fold_leakage
 from .files import check_output

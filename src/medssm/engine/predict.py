@@ -232,7 +232,10 @@ def predict_checkpoint(checkpoint: CheckpointPaths, input: str | Path, output: s
     if task == "mil":  # bags: probabilities, instance scores and heat maps (engine/predict_mil.py)
         from .predict_mil import predict_bags
 
-        return predict_bags(model, meta, input, output, overwrite=overwrite, device=device)
+        if len(predictor) != 1:
+            raise ValueError(f"predict on bags takes one checkpoint (instance scores do not average), got "
+                             f"{len(predictor)}")
+        return predict_bags(predictor.models[0], meta, input, output, overwrite=overwrite, device=device)
     spatial_dims = meta["model_args"]["spatial_dims"]
     in_channels = meta["model_args"]["in_channels"]
     transform = eval_transforms(task, spatial_dims, modality=config.transforms.modality)
