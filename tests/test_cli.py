@@ -14,7 +14,7 @@ from medssm.cli import main
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "dicom_nifti_examples"
 
-TINY_3D = ["model.args.features=[8, 16]", "model.args.mamba_stages=1",
+TINY_3D = ["model.name=mini_mamba_unet", "model.args.features=[8, 16]", "model.args.mamba_stages=1",
            "data.args={num_samples: 8, spatial_size: [24, 24, 24], seed: 0}", "transforms.patch_size=[16, 16, 16]",
            "train.max_steps=2", "train.batch_size=2", "train.val_every=2", "train.checkpoint_every=2"]
 
@@ -100,6 +100,11 @@ def test_models_listing_builds_no_model(capsys, monkeypatch):
     (["train", "--config", "demo", "--out", "x", "data.name=nope"], "nope"),
     (["train", "--resume", "--config", "demo", "--out", "x"], "--resume continues a run"),
     (["predict", "--checkpoint", "no_such_run", "--input", "a.png", "--output", "b.png"], "does not exist"),
+    (["evaluate", "--checkpoint", "a", "--checkpoint", "b"], "several --checkpoint values .*give --out"),
+    (["cv", "--config", "demo", "--folds", "1", "--out", "x"], "--folds must be an integer >= 2"),
+    (["cv", "--config", "demo", "--folds", "3", "--fold", "3", "--out", "x"], "--fold must be in 0..2"),
+    (["cv", "--config", "demo", "--folds", "3", "--out", "x", "data.name=medmnist", "data.args={path: a.npz}"],
+     "takes no fold/num_folds"),
 ])
 def test_bad_input_exits_2_with_a_clear_message(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -148,7 +153,7 @@ def _nnunet_folder(root: Path, cases: int = 8) -> Path:
 def test_an_nnunet_folder_from_files_to_predicted_masks(tmp_path):
     root = _nnunet_folder(tmp_path / "Dataset001_Toy")
     run = tmp_path / "run"
-    overrides = ["model.args={features: [8, 16], mamba_stages: 1}", "data.name=nnunet",
+    overrides = ["model.name=mini_mamba_unet", "model.args={features: [8, 16], mamba_stages: 1}", "data.name=nnunet",
                  f"data.args={{root: {root}, val_fraction: 0.25, test_fraction: 0.25}}", "transforms.modality=mr",
                  "transforms.patch_size=[16, 16, 8]", "train.max_steps=2", "train.batch_size=2", "train.val_every=2"]
     assert main(["train", "--config", "demo", "--out", str(run), "--no-progress", *overrides]) == 0

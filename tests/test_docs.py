@@ -223,6 +223,14 @@ def test_readme_model_table_is_the_registry(capsys):
                               f"paste its output between {MODELS_START} and {MODELS_END}")
 
 
+def test_configs_md_is_the_config_schema(capsys):
+    """docs/configs.md is what `medssm configs --markdown` prints (issue 26, item 14)."""
+    assert main(["configs", "--markdown"]) == 0
+    printed = capsys.readouterr().out
+    assert (ROOT / "docs" / "configs.md").read_text() == printed, (
+        "docs/configs.md is not the config schema's: run `medssm configs --markdown > docs/configs.md`")
+
+
 @pytest.mark.parametrize("command,argvs", [
     ("PYTHONPATH=src medssm info  # versions", [["info"]]),
     ("torchrun --nproc_per_node=2 -m medssm train --out r", [["train", "--out", "r"]]),

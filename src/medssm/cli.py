@@ -68,6 +68,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_bench_scan(args: argparse.Namespace) -> int:
     from medssm.bench import scan
 
+    if args.device == "cuda" or {"triton", "mamba_ssm"} & set(args.backend or ()):
+        return _bench_scan_cuda(args)
     out = args.out or Path("medssm-bench") / time.strftime("scan-%Y%m%d-%H%M%S")
     if out.exists() and any(out.iterdir()) and not args.overwrite:
         print(f"error: --out {out} exists and is not empty; pass --overwrite to replace its files",
@@ -79,18 +81,58 @@ def cmd_bench_scan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_scan_cuda(args: argparse.Namespace) -> int:
+    """`medssm bench scan --device cuda`: the GPU table (medssm.bench.scan_gpu)."""
+    import torch
+
+    if args.device != "cuda":
+        print("error: --backend triton and mamba_ssm run with --device cuda", file=sys.stderr)
+        return 2
+    if not torch.cuda.is_available():
+        from medssm.bench.scan_gpu import NO_GPU
+
+        print(f"error: {NO_GPU}", file=sys.stderr)
+        return 2
+    if {"cpu", "mambapy"} & set(args.backend or ()):
+        print("error: --device cuda times triton, torch, reference and mamba_ssm (not cpu or mambapy)",
+              file=sys.stderr)
+        return 2
+    from medssm.bench import scan_gpu
+    from medssm.engine.files import check_output
+
+    out = check_output(args.out or Path("medssm-bench") / time.strftime("scan-cuda-%Y%m%d-%H%M%S"), args.overwrite,
+                       "--out folder")
+    scan_gpu.run_cuda(shapes=args.shape or scan_gpu.GPU_SHAPES, backends=args.backend, repeats=args.repeats,
+                      out_dir=out)
+    return 0
+
+
 def cmd_bench_models(args: argparse.Namespace) -> int:
     from medssm.bench import models
     from medssm.engine.files import check_output
 
     out = check_output(args.out or Path("medssm-bench") / time.strftime("models-%Y%m%d-%H%M%S"), args.overwrite,
                        "--out folder")
-    sizes = {2: tuple(args.sizes_2d or models.DEFAULT_SIZES[2]), 3: tuple(args.sizes_3d or models.DEFAULT_SIZES[3])}
+    default_2d = models.RESTORATION_SIZES_2D if args.task == "restoration" else models.DEFAULT_SIZES[2]
+    sizes = {2: tuple(args.sizes_2d or default_2d), 3: tuple(args.sizes_3d or models.DEFAULT_SIZES[3])}
     train_sizes: tuple[int, ...] = ()
     if args.train_step:
         train_sizes = tuple(args.train_sizes or sorted({min(sizes[3]), models.TRAIN_SIDE}))
+    classifier_sizes = tuple(args.classifier_sizes or (models.CLASSIFIER_SIDE,)) if args.classifier_step else ()
     models.run(models=args.model, spatial_dims=args.spatial_dims, sizes=sizes, repeats=args.repeats,
-               max_seconds=args.max_seconds, train_sizes=train_sizes, threads=args.threads, out_dir=out)
+               max_seconds=args.max_seconds, train_sizes=train_sizes, threads=args.threads, out_dir=out,
+               classifier_sizes=classifier_sizes, task=args.task)
+    return 0
+
+
+def cmd_bench_mil(args: argparse.Namespace) -> int:
+    from medssm.bench import mil
+    from medssm.engine.files import check_output
+
+    out = check_output(args.out or Path("medssm-bench") / time.strftime("mil-%Y%m%d-%H%M%S"), args.overwrite,
+                       "--out folder")
+    mil.run(variants=args.model, sizes=args.sizes, repeats=args.repeats, threads=args.threads,
+            max_seconds=args.max_seconds, out_dir=out)
     return 0
 
 
@@ -170,17 +212,23 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from medssm.engine.evaluate import evaluate
-    from medssm.engine.setup import resolve_run_checkpoint
 
-    checkpoint = resolve_run_checkpoint(args.checkpoint)
+    if (args.checkpoint is None) == (args.model is None):
+        raise ValueError("give either --checkpoint (a trained run) or --model with --config (a classical method, "
+                         "e.g. --model bm3d --config duke_oct)")
+    if args.model is not None and (args.config is None or args.out is None):
+        raise ValueError(f"--model {args.model} needs --config (the data) and --out (the report folder)")
+    if args.checkpoint is not None and len(args.checkpoint) > 1 and args.out is None:
+        raise ValueError("several --checkpoint values (an ensemble): give --out for the report")
     overrides = list(args.overrides)
     if args.tta:
         overrides.append("inference.tta=true")
     if args.roi_size:
         overrides.append(f"inference.roi_size={list(args.roi_size)}")
-    out = args.out or Path(args.checkpoint) / f"eval-{args.split or 'test'}"
-    metrics = evaluate(checkpoint, out, split=args.split, overrides=overrides, overwrite=args.overwrite,
-                       device=args.device or "auto", progress=not args.no_progress)
+    out = args.out or Path(args.checkpoint[0]) / f"eval-{args.split or 'test'}"
+    metrics = evaluate(args.checkpoint, out, split=args.split, overrides=overrides, overwrite=args.overwrite,
+                       device=args.device or "auto", progress=not args.no_progress, method=args.model,
+                       config=resolve_config(args.config) if args.model else None, all_images=args.all_images)
     width = max(len(k) for k in metrics)
     for key, value in metrics.items():
         print(f"{key:<{width}}  {value:.4f}")
@@ -190,14 +238,41 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from medssm.engine.predict import predict_checkpoint
-    from medssm.engine.setup import resolve_run_checkpoint
 
-    written = predict_checkpoint(resolve_run_checkpoint(args.checkpoint), args.input, args.output,
+    if args.stream:  # a long WFDB record through a causal model, chunk by chunk (medssm.engine.stream)
+        from medssm.engine.setup import resolve_run_checkpoint
+        from medssm.engine.stream import stream_record
+
+        if len(args.checkpoint) != 1:
+            raise ValueError(f"--stream runs one checkpoint, got {len(args.checkpoint)}")
+        record = args.input.with_suffix("") if args.input.suffix in (".hea", ".dat") else args.input
+        summary = stream_record(resolve_run_checkpoint(args.checkpoint[0]), record, args.output,
+                                window_seconds=args.window_seconds, chunk_seconds=args.chunk_seconds,
+                                max_seconds=args.max_seconds)
+        print("  ".join(f"{key} {value:.4g}" for key, value in summary.items()))
+        print(f"wrote {summary['windows']} window prediction(s) to {args.output}")
+        return 0
+    written = predict_checkpoint(args.checkpoint, args.input, args.output,
                                  probabilities=args.probabilities, overwrite=args.overwrite, tta=args.tta,
                                  roi_size=args.roi_size, continue_on_error=args.continue_on_error,
                                  skip_existing=args.skip_existing, device=args.device or "auto",
                                  progress=not args.no_progress)
     print(f"wrote {len(written)} file(s) under {args.output}")
+    return 0
+
+
+def cmd_cv(args: argparse.Namespace) -> int:
+    from medssm.engine.config import load_config
+    from medssm.engine.cv import cross_validate
+
+    config = load_config(resolve_config(args.config), args.overrides)
+    result = cross_validate(config, args.out, args.folds, fold=args.fold, overwrite=args.overwrite,
+                            progress=not args.no_progress, device=args.device,
+                            echo=lambda line: print(line, flush=True))
+    if result is not None:
+        width = max(len(k) for k in result["mean"])
+        for key, mean in result["mean"].items():
+            print(f"{key:<{width}}  {mean:.4f} ± {result['std'][key]:.4f} (mean ± std over {args.folds} folds)")
     return 0
 
 
@@ -238,6 +313,13 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_configs(args: argparse.Namespace) -> int:
+    from medssm.engine.config_docs import markdown, plain
+
+    print(markdown() if args.markdown else plain(), end="")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from medssm.engine.demo import run_demo
 
@@ -270,8 +352,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_evaluate(sub)
     _add_predict(sub)
+    _add_cv(sub)
     _add_models(sub)
     _add_demo(sub)
+    _add_configs(sub)
     _add_fhir(sub)
     _add_ehr_baseline(sub)
     return parser
@@ -292,8 +376,12 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     scan = bench_sub.add_parser("scan", help="selective-scan backends: time, memory, machine bound")
     scan.add_argument("--shape", type=_shape, action="append",
                       help="b,d,N,L (repeatable); default: the four shapes of docs/benchmarks.md")
-    scan.add_argument("--backend", action="append", choices=["reference", "torch", "cpu", "mambapy"],
-                      help="repeatable; default: every available backend (+ mambapy when installed)")
+    scan.add_argument("--backend", action="append",
+                      choices=["reference", "torch", "cpu", "mambapy", "triton", "mamba_ssm"],
+                      help="repeatable; default: every available backend (+ mambapy when installed; on cuda: "
+                           "triton, torch + mamba_ssm when installed)")
+    scan.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                      help="cuda: time the GPU backends against the GPU's copy bandwidth (medssm.bench.scan_gpu)")
     scan.add_argument("--repeats", type=int, default=10,
                       help="timed repeats per measurement (median), after 0.2 s of warm-up")
     scan.add_argument("--threads", type=int, default=None, help="torch/numba threads (default: torch's)")
@@ -319,6 +407,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     lay.set_defaults(func=cmd_bench_layer)
 
     _add_bench_models(bench_sub)
+    _add_bench_mil(bench_sub)
     _add_bench_ehr(bench_sub)
 
     omp = bench_sub.add_parser("openmp", help="cpu scan after a parallel torch op vs after a pause, and a "
@@ -333,10 +422,13 @@ def _add_bench_models(bench_sub: argparse._SubParsersAction) -> None:
         description="Each (model, dims, size) in a fresh process: median forward time (batch 1, eval, no_grad) "
                     "after one warm-up, peak resident-set growth of one forward, parameters, FLOPs; "
                     "models.json and models.png in --out.")
-    mo.add_argument("--model", action="append", help="registered segmentation model (repeatable; default: all)")
+    mo.add_argument("--task", choices=["segmentation", "restoration"], default="segmentation",
+                    help="which models (default segmentation; restoration: 1 output channel, 2D sides 256-2048)")
+    mo.add_argument("--model", action="append", help="registered model of --task (repeatable; default: all)")
     mo.add_argument("--spatial-dims", type=int, action="append", choices=[2, 3],
                     help="repeatable; default: 2 and 3 where the model supports them")
-    mo.add_argument("--sizes-2d", type=_sides, default=None, help="2D sides, e.g. 32,64 (default 128,256,512,1024)")
+    mo.add_argument("--sizes-2d", type=_sides, default=None, help="2D sides, e.g. 32,64 (default 128,256,512,1024; "
+                    "with --task restoration 256,512,1024,2048)")
     mo.add_argument("--sizes-3d", type=_sides, default=None, help="3D sides, e.g. 16,32 (default 32,64,96,128)")
     mo.add_argument("--repeats", type=int, default=3, help="timed calls per case (median), after one warm-up")
     mo.add_argument("--max-seconds", type=float, default=60.0,
@@ -345,11 +437,36 @@ def _add_bench_models(bench_sub: argparse._SubParsersAction) -> None:
                     help="also time a 3D training step (forward, backward, AdamW) at batch 2")
     mo.add_argument("--train-sizes", type=_sides, default=None,
                     help="3D sides of the training step (default: the smallest 3D size and 64)")
+    mo.add_argument("--classifier-step", action="store_true",
+                    help="also time a 3D classifier's training step at batch 8 (with --model: only the models named)")
+    mo.add_argument("--classifier-sizes", type=_sides, default=None,
+                    help="3D sides of the classifier step (default: 64)")
     mo.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     mo.add_argument("--out", type=Path, default=None,
                     help="folder for models.json and models.png (default medssm-bench/models-<timestamp>)")
     mo.add_argument("--overwrite", action="store_true", help="replace files in an existing --out folder")
     mo.set_defaults(func=cmd_bench_models)
+
+
+def _add_bench_mil(bench_sub: argparse._SubParsersAction) -> None:
+    mi = bench_sub.add_parser(
+        "mil", help="MIL models: time and peak memory of one forward+backward against bag size",
+        description="Each (model, bag size) in a fresh process: median forward+backward time of one bag of 512-d "
+                    "features and the growth of the resident-set high-water mark during one; mil.json and mil.png "
+                    "in --out.")
+    mi.add_argument("--model", action="append", choices=["abmil", "transmil", "transmil_exact", "mamba_mil",
+                                                         "mamba_mil_nossm"],
+                    help="repeatable; default: all five")
+    mi.add_argument("--sizes", type=_sides, default=None, help="instances per bag, e.g. 1000,10000 "
+                                                              "(default 1000,10000,100000)")
+    mi.add_argument("--repeats", type=int, default=3, help="timed calls per point (median), after one warm-up")
+    mi.add_argument("--max-seconds", type=float, default=120.0,
+                    help="skip a size whose extrapolated time per call passes this (default 120)")
+    mi.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    mi.add_argument("--out", type=Path, default=None, help="folder for mil.json and mil.png "
+                                                           "(default medssm-bench/mil-<timestamp>)")
+    mi.add_argument("--overwrite", action="store_true", help="replace files in an existing --out folder")
+    mi.set_defaults(func=cmd_bench_mil)
 
 
 def _add_bench_ehr(bench_sub: argparse._SubParsersAction) -> None:
@@ -423,7 +540,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     ev = sub.add_parser("evaluate", help="metrics, per-case table and overlays for a checkpoint on a split")
-    ev.add_argument("--checkpoint", type=Path, required=True, help="run folder or checkpoint folder")
+    ev.add_argument("--checkpoint", type=Path, default=None, action="append",
+                    help="run folder, checkpoint folder or cv folder; repeat it for an ensemble (the mean of the "
+                         "probabilities)")
+    ev.add_argument("--model", choices=["bm3d"], default=None,
+                    help="a classical method instead of a checkpoint (restoration; needs --config and --out)")
+    ev.add_argument("--config", default=None, help="with --model: YAML config or shipped config name (the data)")
+    ev.add_argument("--all-images", action="store_true",
+                    help="restoration: a side-by-side PNG for every case (default: the first 8)")
     ev.add_argument("--split", default=None, help="dataset split (default: the config's test split)")
     ev.add_argument("--out", type=Path, default=None, help="report folder (default: <checkpoint>/eval-<split>)")
     ev.add_argument("--tta", action="store_true", help="flip test-time augmentation")
@@ -436,7 +560,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
     pr = sub.add_parser("predict", help="predict masks/labels for a file or a folder, written in the input format")
-    pr.add_argument("--checkpoint", type=Path, required=True, help="run folder or checkpoint folder")
+    pr.add_argument("--checkpoint", type=Path, required=True, action="append",
+                    help="run folder, checkpoint folder or cv folder; repeat it for an ensemble (the mean of the "
+                         "probabilities)")
     pr.add_argument("--input", type=Path, required=True, help="NIfTI/DICOM/PNG file, DICOM series or folder")
     pr.add_argument("--output", type=Path, required=True, help="output file (single input) or folder")
     pr.add_argument("--probabilities", action="store_true", help="also write per-class probabilities")
@@ -447,8 +573,31 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
                     help="leave cases whose outputs exist (or whose CSV row exists) alone: rerun after a failure")
     pr.add_argument("--continue-on-error", action="store_true",
                     help="predict the other cases when one fails; the failures go to failed.json and the exit code")
+    pr.add_argument("--stream", action="store_true",
+                    help="stream a WFDB record (--input without extension) through a causal model; --output: CSV")
+    pr.add_argument("--window-seconds", type=float, default=1.0, help="--stream: seconds per predicted window")
+    pr.add_argument("--chunk-seconds", type=float, default=1.0, help="--stream: seconds of signal read at a time")
+    pr.add_argument("--max-seconds", type=float, default=None, help="--stream: stop after this much signal")
     _add_run_options(pr)
     pr.set_defaults(func=cmd_predict)
+
+
+def _add_cv(sub: argparse._SubParsersAction) -> None:
+    cv = sub.add_parser("cv", help="k-fold cross-validation: train every fold, score each on its test fold, "
+                                   "aggregate (resumable fold by fold)",
+                        description="Train fold 0..K-1 of --config into --out/fold_<i> (data.args.fold=i, "
+                                    "data.args.num_folds=K), score each fold's best checkpoint on its own test "
+                                    "fold, and write cv_metrics.csv, cv_summary.md and cv_predictions.csv. Rerun "
+                                    "the same command to continue after a stop.")
+    cv.add_argument("--config", required=True, help="YAML config file, or the name of a shipped config")
+    cv.add_argument("--folds", type=int, required=True, help="number of folds (>= 2)")
+    cv.add_argument("--out", type=Path, required=True, help="cross-validation folder (fold_<i>/ run folders)")
+    cv.add_argument("--fold", type=int, default=None, help="train and score this fold only (0..folds-1)")
+    cv.add_argument("--overwrite", action="store_true",
+                    help="start the cross-validation again (with --fold: that fold only)")
+    _add_run_options(cv)
+    cv.add_argument("overrides", nargs="*", help="section.key=value (YAML value), e.g. train.max_steps=500")
+    cv.set_defaults(func=cmd_cv)
 
 
 def _add_models(sub: argparse._SubParsersAction) -> None:
@@ -471,6 +620,14 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     de.add_argument("--overwrite", action="store_true", help="replace an existing demo folder")
     de.add_argument("--no-progress", action="store_true", help="no progress bar")
     de.set_defaults(func=cmd_demo)
+
+
+def _add_configs(sub: argparse._SubParsersAction) -> None:
+    co = sub.add_parser("configs", help="every config key: section, type, default and meaning",
+                        description="Every key of the config schema with its type, default and meaning; "
+                                    "--markdown prints docs/configs.md (with each data set's arguments).")
+    co.add_argument("--markdown", action="store_true", help="print docs/configs.md")
+    co.set_defaults(func=cmd_configs)
 
 
 def main(argv: list[str] | None = None) -> int:

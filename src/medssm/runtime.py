@@ -11,13 +11,17 @@ libgomp reads the variable once, when torch loads it, so the setting only takes 
 
 malloc: glibc's malloc hands big blocks back to the OS when they are freed (by munmap, or by trimming the heap's
 top), so the next tensor of that size is page-faulted in again, 4 KiB at a time, with every page zeroed by the
-kernel. A training step frees and reallocates the same few sizes every step: the cpu scan's backward at
-(1, 192, 16, 4096) spent about 1 ms of its 4.2 in 750-1500 such faults per call. Keeping up to 256 MiB of
-freed bytes at the heap's top, and serving blocks up to 32 MiB (the ceiling of glibc's own adaptive threshold)
-from the heap, removes them; ``medssm bench layer``'s Mamba and Mamba2 layers ran forward+backward as fast or
-faster in every paired run (docs/cpu-tuning.md). mallopt works whenever it is called, unlike the OpenMP
-setting. Any MALLOC_*_ variable or glibc.malloc tunable of yours is left alone, and so is any other C library;
-MEDSSM_MALLOC=default keeps glibc's adaptive defaults.
+kernel. A training step frees and reallocates the same sizes every step: the cpu scan's backward at
+(1, 192, 16, 4096) spent about 1 ms of its 4.2 in 750-1500 such faults per call, and a 3D classifier's step at
+64^3, batch 8, spent as much CPU time in the kernel (4.4 s: 1.5 million faults) as in its arithmetic (4.4 s),
+because its activations (134 MB each) are far above the largest mmap threshold glibc accepts (32 MiB), so
+raising the threshold could not keep them. medssm therefore turns mmap off for the heap's allocations
+(``M_MMAP_MAX`` 0) and never trims the heap (``M_TRIM_THRESHOLD`` -1): every freed block stays with the
+process for the next step's tensors, which then fault in no page (docs/benchmarks.md, "3D training step").
+The cost is that the process's resident memory stays at its high-water mark until it exits (a training or
+inference process reaches that peak at every step or case anyway). mallopt works whenever it is called,
+unlike the OpenMP setting. Any MALLOC_*_ variable or glibc.malloc tunable of yours is left alone, and so is
+any other C library; MEDSSM_MALLOC=default keeps glibc's adaptive defaults.
 """
 
 from __future__ import annotations
@@ -29,8 +33,7 @@ import sys
 OPENMP_SPINCOUNT = "30000"
 _OPENMP_SETTINGS = ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")
 
-_MALLOC_MMAP_THRESHOLD = 32 << 20
-_MALLOC_KEEP = 256 << 20
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # <malloc.h>
 _MALLOC_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
 
 # What tune_process() set in this process (the notes below report it).
@@ -46,7 +49,7 @@ def tune_process(openmp: bool = True, malloc: bool = True) -> dict[str, bool | s
         openmp: set GOMP_SPINCOUNT=30000 unless GOMP_SPINCOUNT or OMP_WAIT_POLICY is set. Takes effect only
             when called before torch is imported (libgomp reads it once, when torch loads it); called later it
             changes nothing and says so.
-        malloc: set glibc's mmap threshold to 32 MiB and trim threshold to 256 MiB (mallopt) unless a MALLOC_*_
+        malloc: turn glibc's mmap for big blocks and its heap trimming off (mallopt) unless a MALLOC_*_
             variable, a glibc.malloc tunable in GLIBC_TUNABLES or MEDSSM_MALLOC=default is set, or the C
             library is not glibc.
 
@@ -71,29 +74,32 @@ def tune_process(openmp: bool = True, malloc: bool = True) -> dict[str, bool | s
 
 
 def _tune_malloc() -> bool:
-    """Set glibc's mmap and trim thresholds unless the user set malloc's; True when set."""
+    """Apply :func:`keep_freed_memory` unless the user set malloc's settings; True when set."""
     if sys.platform != "linux" or os.environ.get("MEDSSM_MALLOC") == "default":
         return False
     if set(_MALLOC_SETTINGS) & set(os.environ):
         return False
     if "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", ""):
         return False
+    return keep_freed_memory()
+
+
+def keep_freed_memory() -> bool:
+    """glibc: serve every block from the heap (no mmap) and never trim it, so freed memory is reused rather
+    than returned to the OS (see the module docstring); False where the C library is not glibc."""
     try:
         libc = ctypes.CDLL("libc.so.6")
         libc.gnu_get_libc_version  # noqa: B018  (musl has no such symbol: not glibc, leave it alone)
     except (OSError, AttributeError):
         return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
-    # the mmap threshold first: setting either one turns glibc's adaptive thresholds off
-    return bool(libc.mallopt(m_mmap_threshold, _MALLOC_MMAP_THRESHOLD)) and bool(
-        libc.mallopt(m_trim_threshold, _MALLOC_KEEP))
+    # -1 disables trimming (mallopt(3)); 0 mmapped blocks at a time sends every request to the heap
+    return bool(libc.mallopt(_M_TRIM_THRESHOLD, -1)) and bool(libc.mallopt(_M_MMAP_MAX, 0))
 
 
 def malloc_note() -> str:
     """One line on the malloc setting in effect, for ``medssm info`` and the benchmarks."""
     if _applied["malloc"]:
-        return (f"malloc: mmap threshold {_MALLOC_MMAP_THRESHOLD >> 20} MiB, trim threshold {_MALLOC_KEEP >> 20} MiB "
-                "(set by medssm)")
+        return "malloc: freed memory kept (no mmap, no trim; set by medssm)"
     setting = " ".join(f"{k}={os.environ[k]}" for k in _MALLOC_SETTINGS if k in os.environ)
     if "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", ""):
         setting = (setting + " " + f"GLIBC_TUNABLES={os.environ['GLIBC_TUNABLES']}").strip()

@@ -77,6 +77,22 @@ def test_train_step_and_slopes_in_process(tmp_path, one_thread):
     assert (tmp_path / "models.png").is_file()
 
 
+def test_classifier_step_row(tmp_path, one_thread):
+    # issue 26, item 9: a 3D classifier's training step (64^3, batch 8 by default; 16^3 here)
+    args = build_parser().parse_args(["bench", "models", "--classifier-step", "--classifier-sizes", "8,16"])
+    assert args.classifier_step and args.classifier_sizes == [8, 16]
+    classifier = "mini_mamba_classifier"
+    cases = bench.plan_cases([classifier], None, classifier_sizes=(bench.CLASSIFIER_SIDE,))
+    assert [(c.mode, c.spatial_dims, c.side, c.batch) for c in cases] == [("classifier_step", 3, 64, 8)]
+    assert any(c.model == classifier for c in bench.plan_cases(None, [3], classifier_sizes=(64,)))
+    report = bench.run(models=[classifier], spatial_dims=[3], repeats=1, threads=one_thread,
+                       classifier_sizes=(16,), isolate=False)
+    (row,) = report["rows"]
+    assert (row["mode"], row["batch"], row["side"]) == ("classifier_step", 8, 16)
+    assert row["skipped"] is None and row["ms"] > 0 and row["params"] > 0
+    assert f"| {classifier} | 3D | classifier_step (8) | " in report["table"]
+
+
 class _FailsFrom(torch.nn.Module):
     """A model whose forward raises MemoryError from a given side on."""
 
@@ -138,3 +154,17 @@ def test_refuses_non_empty_out_without_overwrite(tmp_path, capsys):
     assert main(["bench", "models", "--model", "segresnet", "--sizes-2d", "8", "--out", str(out)]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert (out / "models.json").read_text() == "{}"
+
+
+def test_restoration_models(tmp_path, one_thread):
+    args = build_parser().parse_args(["bench", "models", "--task", "restoration", "--model", "mambair"])
+    assert args.task == "restoration" and args.model == ["mambair"]
+    planned = bench.plan_cases(None, [2], {2: bench.RESTORATION_SIZES_2D, 3: ()}, task="restoration")
+    assert {c.model for c in planned} == set(bench.list_models(task="restoration")) >= {"mambair", "mair", "dncnn"}
+    assert sorted({c.side for c in planned}) == [256, 512, 1024, 2048]
+    report = bench.run(models=["dncnn"], spatial_dims=[3], sizes={2: (8,), 3: (6,)}, repeats=1, train_sizes=(6,),
+                       threads=one_thread, out_dir=tmp_path, isolate=False, task="restoration")
+    assert [(r["mode"], r["skipped"]) for r in report["rows"]] == [("forward", None), ("train_step", None)]
+    assert report["settings"]["task"] == "restoration"
+    with pytest.raises(ValueError, match="measures restoration models; 'unet' is a segmentation model"):
+        bench.plan_cases(["unet"], task="restoration")

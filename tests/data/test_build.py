@@ -11,7 +11,8 @@ from medssm.data import DATASETS, ImageMaskFolder, SyntheticSegmentation, UCRDat
 
 
 def test_registered_names():
-    assert sorted(DATASETS) == ["folder", "medmnist", "nnunet", "paired", "physionet2012", "synthetic", "ucr", "wfdb"]
+    assert sorted(DATASETS) == ["colon_mil", "feature_bags", "folder", "medmnist", "nnunet", "paired", "physionet2012",
+                                "slices", "synthetic", "ucr", "wfdb"]
     for cls in DATASETS.values():
         assert hasattr(cls, "__getitem__") and hasattr(cls, "__len__")
 
@@ -33,7 +34,7 @@ def test_build_passes_split_and_arguments(tmp_path):
 
 
 def test_errors_name_the_problem():
-    with pytest.raises(ValueError, match=r"unknown dataset 'drive'; valid names: \['folder', 'medmnist'"):
+    with pytest.raises(ValueError, match=r"unknown dataset 'drive'; valid names: \[.*'folder', 'medmnist'"):
         build_dataset("drive", "train")
     with pytest.raises(TypeError, match=r"dataset 'synthetic' \(SyntheticSegmentation\) got unexpected keyword "
                                         r"arguments \['size'\]; it accepts \['num_samples', 'spatial_size'"):
@@ -42,3 +43,6 @@ def test_errors_name_the_problem():
         build_dataset("folder", "train")
     with pytest.raises(ValueError, match="split must be one of"):
         build_dataset("synthetic", "everything")
+    with pytest.raises(ValueError, match=r"dataset 'medmnist' \(MedMNIST\) keeps its official train/val/test "
+                                         r"splits and takes no fold/num_folds; .*\[.*'folder', 'nnunet', 'paired'"):
+        build_dataset("medmnist", "train", path="x.npz", fold=0, num_folds=5)

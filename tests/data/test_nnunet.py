@@ -13,7 +13,7 @@ import torch
 from data_checks import check_batches
 from PIL import Image
 
-from medssm.data import NnUNetDataset
+from medssm.data import NnUNetDataset, kfold_split
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "shared" / "data" / "dicom_nifti_examples"
 SHAPE = (8, 9, 10)
@@ -83,6 +83,18 @@ def test_nnunet_v2_items_match_the_files(tmp_path):
     assert item["spacing"].dtype == torch.float64 and item["spacing"].tolist() == [1.5, 1.5, 3.0]
     batch = check_batches(ds)
     assert batch["image"].shape == (2, 2, *SHAPE) and batch["affine"].shape == (2, 4, 4)
+
+
+def test_seeded_folds_and_a_split_file_are_two_ways(tmp_path):
+    names = sorted(write_nnunet(tmp_path, n=5))
+    for fold in range(2):
+        got = {split: NnUNetDataset(tmp_path, split, fold=fold, num_folds=2, fold_seed=4).cases
+               for split in ("train", "val", "test")}
+        assert got == kfold_split(names, fold, 2, val_fraction=0.2, seed=4)
+    (tmp_path / "splits_final.json").write_text(json.dumps([{"train": names[:3], "val": names[3:]}]))
+    assert NnUNetDataset(tmp_path, "val", split_file=tmp_path / "splits_final.json", fold=0).cases == names[3:]
+    with pytest.raises(ValueError, match="num_folds=2 makes seeded k folds, but split_file"):
+        NnUNetDataset(tmp_path, "train", split_file=tmp_path / "splits_final.json", fold=0, num_folds=2)
 
 
 def test_resampling_to_a_target_spacing(tmp_path):

@@ -55,3 +55,20 @@ def test_errors():
         SyntheticSegmentation(split="all")
     with pytest.raises(IndexError):
         SyntheticSegmentation(2)[2]
+
+
+def test_folds_split_one_pool_of_cases():
+    """With num_folds, each split is a part of one pool: a case is the same item whichever split holds it."""
+    splits = {split: SyntheticSegmentation(10, spatial_size=(16, 16), split=split, fold=1, num_folds=3)
+              for split in ("train", "val", "test")}
+    names = {split: [item["name"] for item in data] for split, data in splits.items()}
+    assert names == {split: data.cases for split, data in splits.items()}
+    assert sorted(sum(names.values(), [])) == sorted(f"case_{i}" for i in range(10))
+    assert len(names["test"]) in (3, 4) and len(names["val"]) == 1
+    other = SyntheticSegmentation(10, spatial_size=(16, 16), split="train", fold=0, num_folds=3)
+    shared = sorted(set(names["train"]) & set(other.cases))
+    assert shared
+    first = splits["train"][names["train"].index(shared[0])]
+    assert torch.equal(first["image"], other[other.cases.index(shared[0])]["image"])
+    with pytest.raises(ValueError, match="fold=1 needs num_folds"):
+        SyntheticSegmentation(10, fold=1)

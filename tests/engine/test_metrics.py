@@ -266,7 +266,7 @@ def test_ssim_and_fov_for_restoration():
 
 def test_metric_names_and_directions():
     assert PRIMARY_METRIC == {"segmentation": "dice", "classification": "auc", "multilabel": "auc",
-                              "restoration": "psnr", "events": "auc"}
+                              "restoration": "psnr", "mil": "auc", "events": "auc"}
     assert all(name in HIGHER_IS_BETTER for name in PRIMARY_METRIC.values())
     assert higher_is_better("dice_3") and higher_is_better("val_dice") and higher_is_better("balanced_accuracy")
     assert not higher_is_better("hd95") and not higher_is_better("test_hd95_2") and not higher_is_better("mae")

@@ -55,3 +55,35 @@ def test_baselines_take_no_route_or_ssm_and_only_2d_3d(name):
         create_model(name, route="cross")
     with pytest.raises(ValueError, match="spatial_dims"):
         create_model(name, spatial_dims=1)
+
+
+# --- resnet18 (classification) -----------------------------------------------------------------------------------
+
+
+def test_resnet18_is_medmnist_resnet18_28_by_default():
+    from medssm.models import count_parameters, create_model
+
+    model = create_model("resnet18", spatial_dims=2, in_channels=1, out_channels=2)
+    assert model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1) and model.no_max_pool
+    # torchvision's ResNet-18 (11,689,512) with conv1 3x3 on 1 channel, a 2-class fc, and MONAI's biases on the
+    # three downsampling convs (128 + 256 + 512)
+    assert count_parameters(model) == 11_689_512 - 64 * 3 * 49 + 64 * 9 - (512 * 1000 + 1000) + (512 * 2 + 2) + 896
+    imagenet = create_model("resnet18", spatial_dims=2, small_input=False)
+    assert imagenet.conv1.kernel_size == (7, 7) and imagenet.conv1.stride == (2, 2) and not imagenet.no_max_pool
+    for dims, size in ((1, (37,)), (3, (9, 11, 7))):
+        y = create_model("resnet18", spatial_dims=dims, in_channels=2, out_channels=3)(torch.randn(2, 2, *size))
+        assert y.shape == (2, 3)
+
+
+def test_residual_unet_adds_the_unet_output_to_its_input():
+    from medssm.models import create_model
+    from medssm.models.baselines import PaddedBasicUNet
+
+    torch.manual_seed(0)
+    model = create_model("residual_unet", features=(4, 4, 8, 8, 16, 4)).eval()
+    plain = PaddedBasicUNet(2, 1, 1, features=(4, 4, 8, 8, 16, 4)).eval()
+    plain.load_state_dict(model.state_dict())  # MONAI's keys, unchanged
+    x = torch.rand(1, 1, 19, 23)
+    torch.testing.assert_close(model(x), x + plain(x))
+    with pytest.raises(ValueError, match="out_channels must equal in_channels=1, got 2"):
+        create_model("residual_unet", out_channels=2)

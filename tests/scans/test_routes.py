@@ -7,13 +7,16 @@ import torch
 
 from medssm.scans import LocalBidirectionalRoute, ScanRoute, get_route, list_routes, register_route
 
-NAMES = ["bidirectional", "cross", "dilated", "local", "local_bidirectional", "raster", "snake", "tri_oriented"]
+NAMES = ["bidirectional", "cross", "dilated", "local", "local_bidirectional", "nested_s", "raster", "snake",
+         "tri_oriented"]
 # Every route with its defaults, plus the window/rate variants that give partial windows on small grids.
 CONFIGS = [(name, {}) for name in NAMES] + [
     ("local", {"window": 2}),
     ("local", {"window": 3, "column_first": True, "reverse": False}),
     ("dilated", {"rate": 3, "reverse": False}),
     ("local_bidirectional", {"window": 3, "reverse": True}),
+    ("nested_s", {"width": 2}),
+    ("nested_s", {"width": 3, "shift": 1}),
 ]
 SHAPES = [(1,), (7,), (1, 1), (3, 4), (5, 7), (2, 13), (8, 8), (1, 1, 1), (2, 3, 5), (4, 4, 4)]
 
@@ -96,6 +99,26 @@ def test_snake_keeps_neighbours_adjacent():
         assert torch.equal(steps, torch.ones_like(steps)), shape
 
 
+@pytest.mark.parametrize("width", [1, 2, 3, 4])
+def test_nested_s_keeps_stripes_continuous(width):
+    """Inside a stripe consecutive tokens are grid neighbours; a step between stripes (or slices) moves at
+    most ``width`` positions, and there is at most one such step per stripe border."""
+    route = get_route("nested_s", width=width)
+    for shape in [(5, 7), (2, 13), (8, 8), (9, 4), (2, 3, 5), (3, 4, 4)]:
+        coords = torch.stack(torch.unravel_index(route.orders(shape), shape), -1)  # (K, T, dims)
+        steps = (coords[:, 1:] - coords[:, :-1]).abs().sum(-1)
+        assert steps.min() >= 1 and steps.max() <= width, (shape, steps.max())
+        borders = math.prod(shape[:-2]) * (math.ceil(max(shape[-2:]) / width) + 1)
+        assert ((steps > 1).sum(-1) <= borders).all(), shape
+
+
+def test_nested_s_shift_moves_the_stripe_borders():
+    plain, shifted = get_route("nested_s", width=4), get_route("nested_s", width=4, shift=2)
+    # 2x6, width 4: stripes of columns 0-3 and 4-5 without the shift, 0-1 and 2-5 with it.
+    assert plain.orders((2, 6))[0].tolist() == [0, 1, 2, 3, 9, 8, 7, 6, 10, 11, 5, 4]
+    assert shifted.orders((2, 6))[0].tolist() == [0, 1, 7, 6, 8, 9, 10, 11, 5, 4, 3, 2]
+
+
 GRID_3X4 = {  # 0 1 2 3 / 4 5 6 7 / 8 9 10 11
     ("raster", ()): [[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]],
     ("bidirectional", ()): [[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11], [11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0]],
@@ -119,6 +142,14 @@ GRID_3X4 = {  # 0 1 2 3 / 4 5 6 7 / 8 9 10 11
     ("local_bidirectional", (("window", 5), ("reverse", True))): [[11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0],
                                                                   [7, 8, 9, 10, 11, 2, 3, 4, 5, 6, 0, 1]],
 }
+GRID_3X4.update({  # MaIR's sscan_4d gives the same orders
+    ("nested_s", (("width", 2),)): [[0, 1, 5, 4, 8, 9, 10, 11, 7, 6, 2, 3], [11, 10, 6, 7, 3, 2, 1, 0, 4, 5, 9, 8],
+                                    [0, 4, 5, 1, 2, 6, 7, 3, 11, 10, 9, 8], [11, 7, 6, 10, 9, 5, 4, 8, 0, 1, 2, 3]],
+    ("nested_s", (("width", 2), ("shift", 1))): [[0, 4, 8, 9, 10, 6, 5, 1, 2, 3, 7, 11],
+                                                 [11, 7, 3, 2, 1, 5, 6, 10, 9, 8, 4, 0],
+                                                 [0, 1, 2, 3, 7, 11, 10, 6, 5, 9, 8, 4],
+                                                 [11, 10, 9, 8, 4, 0, 1, 5, 6, 2, 3, 7]],
+})
 VOLUME_2X2X2 = {  # slice 0: 0 1 / 2 3, slice 1: 4 5 / 6 7
     ("cross", ()): [[0, 1, 2, 3, 4, 5, 6, 7], [0, 4, 1, 5, 2, 6, 3, 7], [0, 2, 4, 6, 1, 3, 5, 7],
                     [7, 6, 5, 4, 3, 2, 1, 0], [7, 3, 6, 2, 5, 1, 4, 0], [7, 5, 3, 1, 6, 4, 2, 0]],
@@ -127,6 +158,8 @@ VOLUME_2X2X2 = {  # slice 0: 0 1 / 2 3, slice 1: 4 5 / 6 7
     ("tri_oriented", ()): [[0, 1, 2, 3, 4, 5, 6, 7], [7, 6, 5, 4, 3, 2, 1, 0], [0, 4, 1, 5, 2, 6, 3, 7]],
     ("local", (("window", 2), ("reverse", False))): [[0, 1, 2, 3, 4, 5, 6, 7]],
     ("local", (("window", 1), ("reverse", False))): [[0, 1, 2, 3, 4, 5, 6, 7]],
+    ("nested_s", (("width", 1),)): [[0, 2, 3, 1, 5, 7, 6, 4], [7, 5, 4, 6, 2, 0, 1, 3],
+                                    [0, 1, 3, 2, 6, 7, 5, 4], [7, 6, 4, 5, 1, 0, 2, 3]],
 }
 VOLUME_2X2X3 = {  # slice 0: 0 1 2 / 3 4 5, slice 1: 6 7 8 / 9 10 11
     ("local", (("window", 2), ("reverse", False))): [[0, 1, 3, 4, 6, 7, 9, 10, 2, 5, 8, 11]],
@@ -193,6 +226,10 @@ def test_bad_arguments_raise():
         get_route("zigzag")
     with pytest.raises(ValueError, match="window must be a positive integer"):
         get_route("local", window=0)
+    with pytest.raises(ValueError, match="width must be a positive integer"):
+        get_route("nested_s", width=0)
+    with pytest.raises(ValueError, match=r"shift must be an integer in \[0, width=4\)"):
+        get_route("nested_s", width=4, shift=4)
     with pytest.raises(ValueError, match="rate must be a positive integer"):
         get_route("dilated", rate=1.5)
     with pytest.raises(ValueError, match="already registered"):

@@ -1,8 +1,10 @@
 """`medssm bench models`: CPU inference time, peak memory, parameters and FLOPs of the segmentation models
-against input size, and optionally a 3D training step.
+(or, with ``task="restoration"``, the restoration models) against input size, and optionally a 3D training
+step.
 
-For each (model, spatial_dims, size) it builds the registered model (1 input channel, 2 output channels) in
-a fresh Python process and, on a batch of 1 in eval mode under ``torch.no_grad()``:
+For each (model, spatial_dims, size) it builds the registered model (1 input channel, 2 output channels; a
+restoration model 1 output channel) in a fresh Python process and, on a batch of 1 in eval mode under
+``torch.no_grad()``:
 
 1. runs one forward as warm-up (kernel loading, lazy set-up); a warm-up that takes longer than
    ``max_seconds`` ends the case as skipped;
@@ -19,7 +21,9 @@ a fresh Python process and, on a batch of 1 in eval mode under ``torch.no_grad()
 
 With ``train_sizes`` (``--train-step``) it also times one **training step** (forward, cross-entropy against
 random labels, backward, AdamW step) at batch 2 for each 3D model, and measures its peak memory the same way
-(the gradients included; AdamW's state, allocated by the warm-up step, excluded).
+(the gradients included; AdamW's state, allocated by the warm-up step, excluded). With
+``classifier_sizes`` (``--classifier-step``) it times the same step for the 3D classification models at
+batch 8 against random class labels (64^3 by default: the 3D classifier of issue 26, item 9).
 
 A case that fails (out of memory, any other error, a process killed or running past its time limit) is a
 row with ``skipped`` set to the reason; larger sizes of the same model and mode are then skipped too when
@@ -53,9 +57,12 @@ from ..models import count_flops, count_parameters, create_model, get_entry, lis
 from .scan import memory_supported, peak_extra_memory
 
 DEFAULT_SIZES = {2: (128, 256, 512, 1024), 3: (32, 64, 96, 128)}
+RESTORATION_SIZES_2D = (256, 512, 1024, 2048)  # B-scans and fundus photographs are large: the default there
+BENCH_TASKS = ("segmentation", "restoration")
 TRAIN_SIDE = 64  # the training-step row runs at the smallest 3D size and at 64^3
 IN_CHANNELS, OUT_CHANNELS = 1, 2
-BATCH = {"forward": 1, "train_step": 2}
+BATCH = {"forward": 1, "train_step": 2, "classifier_step": 8}
+CLASSIFIER_SIDE = 64  # the 3D classifier's training-step row (issue 26, item 9: 64^3 at batch 8-16)
 _MEMORY_MMAP_THRESHOLD = 1 << 16  # 64 KiB, as bench scan's memory children
 _GLIBC_INITIAL_MMAP_THRESHOLD = 128 << 10
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # <malloc.h>
@@ -64,7 +71,8 @@ _RESULT_MARK = "MEDSSM-BENCH-MODELS "
 
 @dataclass
 class Case:
-    """One measurement: a model variant, a cubic/square input side and a mode ("forward" or "train_step")."""
+    """One measurement: a model variant, a cubic/square input side and a mode ("forward", "train_step" or
+    "classifier_step")."""
 
     model: str
     spatial_dims: int
@@ -112,10 +120,11 @@ def _mallopt(threshold: int, trim: int | None = None) -> bool:
 def _restore_malloc(medssm_malloc: bool) -> None:
     """The timing's malloc: medssm's setting when the benchmarking process had it, else the user's
     MALLOC_MMAP_THRESHOLD_, else glibc's initial threshold (its adaptive raise is off after a mallopt)."""
-    from ..runtime import _MALLOC_KEEP, _MALLOC_MMAP_THRESHOLD
+    from ..runtime import keep_freed_memory
 
     if medssm_malloc:
-        _mallopt(_MALLOC_MMAP_THRESHOLD, _MALLOC_KEEP)
+        _mallopt(_GLIBC_INITIAL_MMAP_THRESHOLD)
+        keep_freed_memory()
     else:
         _mallopt(int(os.environ.get("MALLOC_MMAP_THRESHOLD_", _GLIBC_INITIAL_MMAP_THRESHOLD)))
 
@@ -124,8 +133,9 @@ def _step_fn(case: Case) -> tuple[torch.nn.Module, Callable[[], None]]:
     """The model and the no-argument function that runs one forward (no grad) or one training step."""
     entry = get_entry(case.model)
     torch.manual_seed(0)
+    restoration = entry.task == "restoration"
     model = create_model(case.model, **entry.model_kwargs(case.spatial_dims), in_channels=IN_CHANNELS,
-                         out_channels=OUT_CHANNELS)
+                         out_channels=IN_CHANNELS if restoration else OUT_CHANNELS)
     size = (case.side,) * case.spatial_dims
     x = entry.example_input(case.spatial_dims, batch=case.batch, in_channels=IN_CHANNELS, size=size)
     if case.mode == "forward":
@@ -137,11 +147,16 @@ def _step_fn(case: Case) -> tuple[torch.nn.Module, Callable[[], None]]:
 
         return model, forward
     model.train()
-    target = torch.randint(0, OUT_CHANNELS, (case.batch, *size))
+    if restoration:
+        target = torch.rand_like(x)
+    else:
+        target_shape = (case.batch,) if case.mode == "classifier_step" else (case.batch, *size)
+        target = torch.randint(0, OUT_CHANNELS, target_shape)
+    loss_fn = F.l1_loss if restoration else F.cross_entropy
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def train_step() -> None:  # gradients freed at the end, so the measured step allocates its own
-        F.cross_entropy(model(x), target).backward()
+        loss_fn(model(x), target).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -230,16 +245,27 @@ def measure_in_subprocess(case: Case, repeats: int, max_seconds: float, threads:
 
 def plan_cases(models: list[str] | None = None, spatial_dims: list[int] | None = None,
                sizes: dict[int, tuple[int, ...]] | None = None,
-               train_sizes: tuple[int, ...] = ()) -> list[Case]:
-    """The cases in run order: per model and dims, the forward sizes ascending, then the 3D training steps.
-    ``models`` default: every registered segmentation model; ``spatial_dims`` default (2, 3), each where the
-    model supports it."""
+               train_sizes: tuple[int, ...] = (), classifier_sizes: tuple[int, ...] = (),
+               task: str = "segmentation") -> list[Case]:
+    """The cases in run order: per model and dims, the forward sizes ascending, then the 3D training steps;
+    with ``classifier_sizes``, a 3D classification model's training step at batch 8 for each side.
+    ``models`` default: every registered model of ``task`` (segmentation or restoration; and with
+    ``classifier_sizes`` every 3D classification model); ``spatial_dims`` default (2, 3), each where the model
+    supports it."""
+    if task not in BENCH_TASKS:
+        raise ValueError(f"task must be one of {BENCH_TASKS}, got {task!r}")
     sizes = sizes or DEFAULT_SIZES
+    names = models or list_models(task=task) + (list_models(task="classification") if classifier_sizes else [])
     cases = []
-    for name in models or list_models(task="segmentation"):
+    for name in names:
         entry = get_entry(name)
-        if entry.task != "segmentation":
-            raise ValueError(f"bench models measures segmentation models; {name!r} is a {entry.task} model")
+        if entry.task == "classification" and classifier_sizes:
+            if 3 in entry.variants:
+                cases += [Case(name, 3, side, "classifier_step") for side in sorted(set(classifier_sizes))]
+            continue
+        if entry.task != task:
+            raise ValueError(f"bench models --task {task} measures {task} models (and 3D classification models "
+                             f"with --classifier-step); {name!r} is a {entry.task} model")
         variants = entry.variants
         for dims in spatial_dims or (2, 3):
             if dims in variants:
@@ -367,16 +393,16 @@ def plot(rows: list[Row], path: Path) -> None:
 def run(models: list[str] | None = None, spatial_dims: list[int] | None = None,
         sizes: dict[int, tuple[int, ...]] | None = None, repeats: int = 3, max_seconds: float = 60.0,
         train_sizes: tuple[int, ...] = (), threads: int | None = None, out_dir: Path | None = None,
-        isolate: bool = True) -> dict:
+        isolate: bool = True, classifier_sizes: tuple[int, ...] = (), task: str = "segmentation") -> dict:
     """Run the benchmark (see the module docstring), print the tables, write models.json and models.png
     under ``out_dir``; ``isolate=False`` measures in this process (no memory figures: tests, debugging)."""
     threads = threads or torch.get_num_threads()
     if not isolate:  # the children set their own; this process only runs them
         torch.set_num_threads(threads)
     sizes = sizes or DEFAULT_SIZES
-    cases = plan_cases(models, spatial_dims, sizes, train_sizes)
+    cases = plan_cases(models, spatial_dims, sizes, train_sizes, classifier_sizes=classifier_sizes, task=task)
     if not cases:
-        raise ValueError(f"no case to run: models {models or 'all segmentation'} at spatial_dims {spatial_dims}")
+        raise ValueError(f"no case to run: models {models or 'all ' + task} at spatial_dims {spatial_dims}")
     machine = {"processor": platform.processor() or platform.machine(), "cores": os.cpu_count(), "threads": threads,
                "torch": torch.__version__, "python": platform.python_version(), "openmp": openmp_spin_note(),
                "malloc": malloc_note()}
@@ -388,9 +414,10 @@ def run(models: list[str] | None = None, spatial_dims: list[int] | None = None,
     report = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "machine": machine,
-        "settings": {"repeats": repeats, "max_seconds": max_seconds, "in_channels": IN_CHANNELS,
+        "settings": {"task": task, "repeats": repeats, "max_seconds": max_seconds, "in_channels": IN_CHANNELS,
                      "out_channels": OUT_CHANNELS, "batch": BATCH, "sizes": {str(k): list(v) for k, v in sizes.items()},
-                     "train_sizes": list(train_sizes), "isolated": isolate},
+                     "train_sizes": list(train_sizes), "classifier_sizes": list(classifier_sizes),
+                     "isolated": isolate},
         "rows": [asdict(r) | {"batch": r.batch, "voxels": r.voxels} for r in rows],
         "slopes": fits,
         "table": format_table(rows),

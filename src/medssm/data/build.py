@@ -10,8 +10,11 @@ from torch.utils.data import Dataset
 from .ehr import PhysioNet2012
 from .folders import ImageMaskFolder
 from .medmnist import MedMNIST
+from .mil_colon import ColonMIL
+from .mil_features import FeatureBags
 from .nnunet import NnUNetDataset
 from .paired import PairedImageFolder
+from .slices import SliceStack
 from .synthetic import SyntheticSegmentation
 from .ucr import UCRDataset
 from .wfdb import WFDBBeats
@@ -21,9 +24,12 @@ DATASETS: dict[str, type[Dataset]] = {
     "folder": ImageMaskFolder,
     "nnunet": NnUNetDataset,
     "paired": PairedImageFolder,
+    "slices": SliceStack,
     "wfdb": WFDBBeats,
     "ucr": UCRDataset,
     "synthetic": SyntheticSegmentation,
+    "colon_mil": ColonMIL,
+    "feature_bags": FeatureBags,
     "physionet2012": PhysioNet2012,
 }
 
@@ -42,6 +48,9 @@ def build_dataset(name: str, /, split: str = "train", **kwargs: Any) -> Dataset:
     signature = inspect.signature(cls.__init__)
     accepted = [p for p in signature.parameters if p != "self"]
     unknown = sorted(set(kwargs) - set(accepted))
+    if {"fold", "num_folds"} & set(unknown):
+        raise ValueError(f"dataset {name!r} ({cls.__name__}) keeps its official train/val/test splits and takes no "
+                         f"fold/num_folds; the datasets that can be cross-validated: {foldable_datasets()}")
     if unknown:
         raise TypeError(f"dataset {name!r} ({cls.__name__}) got unexpected keyword arguments {unknown}; "
                         f"it accepts {accepted}")
@@ -51,3 +60,9 @@ def build_dataset(name: str, /, split: str = "train", **kwargs: Any) -> Dataset:
     if missing:
         raise TypeError(f"dataset {name!r} ({cls.__name__}) needs keyword arguments {missing}")
     return cls(split=split, **kwargs)
+
+
+def foldable_datasets() -> list[str]:
+    """The dataset names that take ``fold`` and ``num_folds`` (cross-validation folds of their cases)."""
+    return sorted(name for name, cls in DATASETS.items()
+                  if {"fold", "num_folds"} <= set(inspect.signature(cls.__init__).parameters))

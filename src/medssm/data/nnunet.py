@@ -58,6 +58,9 @@ class NnUNetDataset(Dataset):
         split: "train", "val" or "test": a split of the training cases seeded by ``fold_seed`` with
             ``val_fraction`` / ``test_fraction``, or the lists in ``split_file`` (JSON {"train", "val",
             "test"}; nnU-Net's ``splits_final.json`` with ``fold``).
+        fold, num_folds: with ``split_file``, ``fold`` picks a fold of nnU-Net's ``splits_final.json``;
+            without it, ``num_folds`` makes fold ``fold`` of a seeded (``fold_seed``) k-fold partition the
+            test split and ``val_fraction`` of the other cases the val split (:func:`medssm.data.kfold_split`).
         spacing: resample every case to this voxel spacing (one value per spatial axis, in the affine's
             units, mm for NIfTI) with MONAI's Spacing: bilinear for the image, nearest for the label. This
             is where resampling lives, because it needs the affine that the transforms never see.
@@ -69,7 +72,8 @@ class NnUNetDataset(Dataset):
     def __init__(self, root: str | Path, split: str = "train", fold_seed: int = 0, val_fraction: float = 0.2,
                  split_file: str | Path | None = None,
                  transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
-                 spacing: Sequence[float] | None = None, test_fraction: float = 0.0, fold: int | None = None) -> None:
+                 spacing: Sequence[float] | None = None, test_fraction: float = 0.0, fold: int | None = None,
+                 num_folds: int | None = None) -> None:
         self.root, self.split, self.transform = Path(root), check_split(split), transform
         self.meta = _read_dataset_json(self.root)
         # The layout is told by its distinctive keys; the others it needs must then be present too.
@@ -91,8 +95,11 @@ class NnUNetDataset(Dataset):
         self.label_names = labels
         self.num_classes = len(labels)
         self.in_channels = len(self.channel_names)
+        if split_file is not None and num_folds is not None:  # two ways of choosing folds: say which is used
+            raise ValueError(f"{self.root}: num_folds={num_folds} makes seeded k folds, but split_file {split_file} "
+                             "lists its own; give fold alone to use a fold of the split file")
         self.cases = select_cases(list(files), split, self.root, split_file, val_fraction, test_fraction,
-                                  fold_seed, fold)
+                                  fold_seed, fold, num_folds)
         self.files = {case: files[case] for case in self.cases}
         first = self.files[self.cases[0]]
         self.spatial_dims = _spatial_dims(first.label)

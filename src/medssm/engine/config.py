@@ -27,12 +27,29 @@ from .files import write_text_atomic
 
 @dataclass
 class ModelConfig:
+    """The ``model`` section: which registered model to build and its constructor arguments.
+
+    Attributes:
+        name: a registered model (``medssm models`` lists them; ``medssm models --task classification``).
+        args: the model's constructor arguments (each family's docstring lists them); ``spatial_dims``,
+            ``in_channels`` and ``out_channels`` default to the data set's.
+    """
     name: str = "mini_mamba_unet"
     args: dict[str, Any] = field(default_factory=dict)  # spatial_dims/in/out channels default from the data
 
 
 @dataclass
 class DataConfig:
+    """The ``data`` section: the data set and the names of its three splits.
+
+    Attributes:
+        name: a data set of ``medssm.data.DATASETS`` (its arguments: "Data set arguments" in docs/configs.md).
+        args: the data set's constructor arguments (``root``, ``path``, ``mask_threshold``...), without
+            ``split`` and ``transform``, which the harness sets.
+        train_split: the split the model is trained on.
+        val_split: the split validated during training (model selection, early stopping).
+        test_split: the split ``medssm evaluate`` scores by default.
+    """
     name: str = "synthetic"  # a medssm.data.build_dataset name
     args: dict[str, Any] = field(default_factory=dict)
     train_split: str = "train"
@@ -42,6 +59,21 @@ class DataConfig:
 
 @dataclass
 class TransformConfig:
+    """The ``transforms`` section: intensity normalisation and training augmentation presets.
+
+    Attributes:
+        modality: the intensity normalisation: ``raster`` (none: the data sets give [0, 1]), ``ct`` (clip
+            to [-1000, 1000] HU, scale to [0, 1]), ``mr`` (z-score over the non-zero voxels) or ``signal``
+            (z-score per channel).
+        patch_size: random training crops of this size for dense tasks, one side per spatial axis; also the
+            sliding-window size of inference unless ``inference.roi_size`` is set. null: whole images.
+        flips: random flips along every spatial axis; null: on for dense tasks, off for classification and
+            1D signals.
+        rotations: random 90-degree rotations in the plane of the first two spatial axes; null: as
+            ``flips``.
+        pos_neg_ratio: segmentation crops are centred on a foreground voxel with probability
+            pos_neg_ratio / (pos_neg_ratio + 1), else anywhere.
+    """
     modality: str = "raster"  # raster | ct | mr | signal: the intensity normalisation
     patch_size: list[int] | None = None  # random crops for dense tasks; also the sliding-window roi by default
     flips: bool | None = None  # None: on for dense tasks, off for classification and 1D signals
@@ -51,9 +83,45 @@ class TransformConfig:
 
 @dataclass
 class TrainConfig:
+    """The ``train`` section: run length, optimiser, loss, imbalance handling, validation and checkpoints.
+
+    Attributes:
+        max_steps: the run length in optimizer steps; give this or ``epochs`` (an override of one clears the
+            other).
+        epochs: the run length in passes over the training split (batches per epoch: split size // batch).
+        batch_size: the global batch, split evenly across DDP processes.
+        accumulate: batches of ``batch_size`` per optimizer step (gradient accumulation; e.g. MIL bags, one
+            at a time).
+        optimizer: ``adamw`` (decoupled weight decay) or ``adam`` (L2 weight decay, as Ilse et al.'s MIL).
+        lr: the optimizer's peak learning rate.
+        weight_decay: the optimizer's weight decay (decoupled for adamw, L2 for adam).
+        warmup_steps: steps of linear learning-rate warm-up before the cosine decay.
+        min_lr_ratio: the cosine schedule ends at ``lr * min_lr_ratio``.
+        grad_clip: clip the gradients' global norm to this value; null: no clipping.
+        amp: mixed precision: ``none``, ``bf16`` or ``fp16`` (autocast on the network; the selective scan
+            stays fp32).
+        loss: ``auto`` (the task's: dice_ce, ce, bce or l1), ``dice_ce``, ``ce``, ``bce``, ``l1`` or ``mse``.
+        class_weights: ``auto`` (inverse class frequency in the training split, mean 1; multilabel:
+            negatives/positives as BCE pos_weight) or one weight per class; weighs ce, the CE part of
+            dice_ce and bce; saved as class_weights.json. null: unweighted.
+        sampler: ``shuffle`` (a seeded permutation per epoch) or ``balanced`` (classification: samples drawn
+            with replacement so that every class is drawn equally often).
+        seed: seeds the weights' initialisation, the batch order and every augmentation.
+        deterministic: ``torch.use_deterministic_algorithms(True)`` (slower; errors on ops without one).
+        val_every: steps between validations (and one at the end).
+        checkpoint_every: steps between saves of the resumable ``checkpoints/last``.
+        log_every: steps between rows of log.jsonl (mean training loss, learning rate).
+        early_stopping: stop after this many validations without improvement; 0: never.
+        select_metric: the validation metric that picks ``checkpoints/best`` (e.g. balanced_accuracy, dice_1,
+            hd95); auto: the task's (dice, auc, auc, psnr).
+        num_workers: DataLoader worker processes (results do not depend on it).
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:<index>``; ``--device`` overrides it.
+    """
     max_steps: int | None = None  # the run length in optimizer steps; or give epochs
     epochs: int | None = None
     batch_size: int = 8  # the global batch: split evenly across DDP processes
+    accumulate: int = 1  # batches of batch_size per optimizer step (gradient accumulation)
+    optimizer: str = "adamw"  # adamw (decoupled weight decay) | adam (L2 weight decay, as Ilse et al.'s MIL)
     lr: float = 1e-3
     weight_decay: float = 1e-2
     warmup_steps: int = 0
@@ -61,6 +129,8 @@ class TrainConfig:
     grad_clip: float | None = 1.0
     amp: str = "none"  # none | bf16 | fp16 (autocast on the network; the selective scan stays fp32)
     loss: str = "auto"  # auto | dice_ce | ce | bce | l1 | mse
+    class_weights: str | list[float] | None = None  # auto | one weight per class (see engine/imbalance.py)
+    sampler: str = "shuffle"  # shuffle | balanced (classification: every class drawn equally often)
     seed: int = 0
     deterministic: bool = False  # torch.use_deterministic_algorithms
     val_every: int = 100  # steps between validations (and at the end)
@@ -74,14 +144,28 @@ class TrainConfig:
 
 @dataclass
 class InferenceConfig:
+    """The ``inference`` section: how validation, ``medssm evaluate`` and ``medssm predict`` run the model.
+
+    Attributes:
+        roi_size: the sliding-window size for dense tasks; null: ``transforms.patch_size`` (null too: whole
+            images).
+        overlap: the sliding windows' overlap as a fraction of their size, in [0, 1).
+        sw_batch_size: windows run through the model at once.
+        tta: test-time augmentation: average the predictions over flips of every spatial axis.
+        mode: how overlapping sliding windows are blended: ``gaussian`` (centre-weighted, hides seams) or
+            ``constant`` (plain mean).
+    """
     roi_size: list[int] | None = None  # sliding-window size; default: transforms.patch_size for dense tasks
     overlap: float = 0.25
     sw_batch_size: int = 4
     tta: bool = False  # average over flips of every spatial axis
+    mode: str = "gaussian"  # sliding-window blending: gaussian (centre-weighted, hides seams) | constant
 
 
 @dataclass
 class Config:
+    """A whole training config: the five sections, each a dataclass above (docs/configs.md lists every key)."""
+
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     transforms: TransformConfig = field(default_factory=TransformConfig)
@@ -94,6 +178,8 @@ class Config:
 
 AMP_MODES = ("none", "bf16", "fp16")
 MODALITIES = ("raster", "ct", "mr", "signal")
+OPTIMIZERS = ("adamw", "adam")
+SAMPLERS = ("shuffle", "balanced")  # engine/imbalance.py
 
 
 def config_from_dict(raw: dict[str, Any], source: str = "config", overridden: dict[str, str] | None = None
@@ -136,6 +222,9 @@ def _coerce(value: Any, annotation: str, where: str, source: str) -> Any:
     """Check ``value`` against the field's annotation (e.g. "float", "list[int] | None"). Numbers written
     like ``3e-4`` are strings to YAML 1.1, so strings that parse as the expected number are converted."""
     options = [a.strip() for a in annotation.split("|")]
+    if "list[float]" in options and isinstance(value, (list, tuple)) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        return [float(v) for v in value]
     if value is None:
         if "None" in options:
             return None
@@ -172,14 +261,33 @@ def _validate(config: Config, source: str) -> None:
             raise ValueError(f"{source}: train.{name} must be a positive integer, got {value!r}")
     if train.amp not in AMP_MODES:
         raise ValueError(f"{source}: train.amp must be one of {AMP_MODES}, got {train.amp!r}")
+    _validate_imbalance(train, source)
     if config.transforms.modality not in MODALITIES:
         raise ValueError(f"{source}: transforms.modality must be one of {MODALITIES}, "
                          f"got {config.transforms.modality!r}")
-    for name in ("batch_size", "val_every", "checkpoint_every", "log_every"):
+    if train.optimizer not in OPTIMIZERS:
+        raise ValueError(f"{source}: train.optimizer must be one of {OPTIMIZERS}, got {train.optimizer!r}")
+    for name in ("batch_size", "accumulate", "val_every", "checkpoint_every", "log_every"):
         if getattr(train, name) < 1:
             raise ValueError(f"{source}: train.{name} must be >= 1, got {getattr(train, name)}")
     if not 0 <= config.inference.overlap < 1:
         raise ValueError(f"{source}: inference.overlap must be in [0, 1), got {config.inference.overlap}")
+    if config.inference.mode not in ("gaussian", "constant"):
+        raise ValueError(f"{source}: inference.mode must be gaussian or constant, got {config.inference.mode!r}")
+
+
+def _validate_imbalance(train: TrainConfig, source: str) -> None:
+    """train.class_weights ("auto" or non-negative finite numbers, not all 0) and train.sampler; the number
+    of weights is checked against the classes when the data set is known (engine/imbalance.py)."""
+    weights = train.class_weights
+    if isinstance(weights, str) and weights != "auto":
+        raise ValueError(f"{source}: train.class_weights must be auto, a list of floats or null, got {weights!r}")
+    if isinstance(weights, list) and (not weights or not all(0 <= w < float("inf") for w in weights)
+                                      or not any(weights)):
+        raise ValueError(f"{source}: train.class_weights must be non-negative finite numbers, not all 0, "
+                         f"got {weights!r}")
+    if train.sampler not in SAMPLERS:
+        raise ValueError(f"{source}: train.sampler must be one of {SAMPLERS}, got {train.sampler!r}")
 
 
 # Keys that say the same thing two ways: an override of one clears the other (unless both are overridden).

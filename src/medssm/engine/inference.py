@@ -63,6 +63,8 @@ def infer(model: torch.nn.Module, image: torch.Tensor, task: str, roi_size: int 
         unwrapped). The model's train/eval mode is restored afterwards.
     """
     check_supported(task, METRIC_TASKS, "infer")
+    if task == "mil":
+        return infer_bag(model, image, roi_size, tta_flips)
     if not isinstance(image, torch.Tensor) or not 3 <= image.ndim <= 5:
         raise ValueError(f"image must be a tensor (B, C, *spatial) with 1 to 3 spatial dims, "
                          f"got {getattr(image, 'shape', type(image))}")
@@ -106,3 +108,24 @@ def infer(model: torch.nn.Module, image: torch.Tensor, task: str, roi_size: int 
     finally:
         model.train(was_training)
     return out.as_subclass(torch.Tensor) if type(out) is not torch.Tensor else out
+
+
+def infer_bag(model: torch.nn.Module, bag: torch.Tensor, roi_size: object = None, tta_flips: bool = False,
+              instance_scores: bool = False):
+    """Bag probabilities (B, K) of a "mil" model for a bag (B, n, ...) in eval mode without autograd; with
+    ``instance_scores`` also the model's per-instance scores (B, n) (its ``return_instance_scores``). A bag
+    has no grid, so a sliding window or flip TTA is a ValueError."""
+    if roi_size is not None or tta_flips:
+        raise ValueError("a bag of instances has no grid: roi_size (sliding window) and tta_flips do not apply")
+    if not isinstance(bag, torch.Tensor) or bag.ndim < 3:
+        raise ValueError(f"a bag must be a tensor (B, n, ...), got {getattr(bag, 'shape', type(bag))}")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            if not instance_scores:
+                return probabilities("mil", model(bag))
+            logits, scores = model(bag, return_instance_scores=True)
+            return probabilities("mil", logits), scores
+    finally:
+        model.train(was_training)

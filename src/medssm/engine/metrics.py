@@ -18,6 +18,7 @@ Tasks and what ``Metrics.update(output, target, fov)`` takes (B = batch, K = cla
   (B, K), target (B,) (or (B, 1)) int. Keys: ``accuracy``, ``balanced_accuracy``, ``auc`` (AUROC: plain for
   K = 2, one-vs-rest macro otherwise), ``f1`` (macro), and for K = 2 ``auprc`` (average precision of class 1)
   and ``brier`` (mean squared error of P(class 1); lower is better).
+- ``mil``: as classification, one row per bag.
 - ``multilabel``: output probabilities (B, K), target (B, K) 0/1. Keys: ``auc`` (mean over labels),
   ``accuracy`` (element-wise, probability >= 0.5 counts as positive), ``f1`` (macro over labels).
 - ``restoration``: output image (B, C, *spatial), target image of the same shape. Keys: ``psnr``,
@@ -65,13 +66,13 @@ from monai.metrics import (
 )
 from monai.metrics.regression import compute_ssim_and_cs
 
-from .tasks import CLASS_LIKE_TASKS, ENGINE_TASKS, check_supported
+from .tasks import ENGINE_TASKS, SINGLE_LABEL_TASKS, check_supported
 
 # The tasks Metrics and probabilities implement (conventions.TASKS also names tasks still to come).
 METRIC_TASKS = ENGINE_TASKS
 
 PRIMARY_METRIC = {"segmentation": "dice", "classification": "auc", "multilabel": "auc", "restoration": "psnr",
-                  "events": "auc"}
+                  "mil": "auc", "events": "auc"}
 
 # Every key Metrics.compute() can return, without the per-class "_<k>" suffix (see higher_is_better).
 HIGHER_IS_BETTER = {
@@ -123,7 +124,7 @@ def probabilities(task: str, logits: torch.Tensor) -> torch.Tensor:
     (a softmax over one channel would be 1 everywhere).
     """
     check_supported(task, METRIC_TASKS, "probabilities")
-    if task == "segmentation" or task in CLASS_LIKE_TASKS:
+    if task in ("segmentation", *SINGLE_LABEL_TASKS):
         if logits.ndim < 2:
             raise ValueError(f"logits must be (B, K, ...) for {task}, got shape {tuple(logits.shape)}")
         if logits.shape[1] == 1:
@@ -150,7 +151,7 @@ class Metrics:
     def __init__(self, task: str, num_classes: int, hd95: bool = True,
                  spacing: float | Sequence[float] | None = None, data_range: float = 1.0) -> None:
         self.task = check_supported(task, METRIC_TASKS, "Metrics")
-        if (task == "segmentation" or task in CLASS_LIKE_TASKS) and num_classes < 2:
+        if task in ("segmentation", *SINGLE_LABEL_TASKS) and num_classes < 2:
             raise ValueError(f"num_classes must be >= 2 for {task} (background/negative class included), "
                              f"got {num_classes}")
         if task == "multilabel" and num_classes < 1:
@@ -274,7 +275,7 @@ class Metrics:
         if output.ndim != 2 or output.shape[1] != k:
             raise ValueError(f"output must be probabilities (B, {k}) for {self.task}, got {tuple(output.shape)}")
         b = output.shape[0]
-        if self.task in CLASS_LIKE_TASKS:
+        if self.task in SINGLE_LABEL_TASKS:
             if tuple(target.shape) == (b, 1):
                 target = target[:, 0]
             if tuple(target.shape) != (b,):
@@ -349,7 +350,7 @@ class Metrics:
             raise RuntimeError("no samples: call update() before compute()")
         if self.task == "segmentation":
             return _segmentation(values)
-        if self.task in CLASS_LIKE_TASKS:
+        if self.task in SINGLE_LABEL_TASKS:
             return _classification(values["prob"], values["target"].long())
         if self.task == "multilabel":
             return _multilabel(values["prob"], values["target"].float())

@@ -210,3 +210,15 @@ def csv_text(rows: list[tuple[str, np.ndarray]]) -> str:
     for case, prob in rows:
         writer.writerow([case, int(prob.argmax())] + [f"{p:.6g}" for p in prob])
     return buffer.getvalue()
+
+
+
+def write_restored_like(result: np.ndarray, source: LoadedImage, path: Path) -> None:
+    """Write a restored raster ``result`` (C, H, W) in [0, 1] to ``path`` (a lossless raster suffix) in
+    ``source``'s pixel type: 8-bit in, 8-bit out; 16-bit in, 16-bit out (rounded and clipped), atomically."""
+    if source.kind != "raster":
+        raise ValueError(f"{source.path}: write_restored_like writes rasters, got a {source.kind} input")
+    if matched_suffix(path.name, LOSSLESS_RASTER_SUFFIXES) is None:
+        raise ValueError(f"{path}: a restored image must end with one of {', '.join(LOSSLESS_RASTER_SUFFIXES)}")
+    with atomic_path(path) as temp:
+        Image.fromarray(_restored_raster(result, source)).save(temp)

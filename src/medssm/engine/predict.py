@@ -35,10 +35,9 @@ from tqdm.auto import tqdm
 from medssm.data.io import LoadedImage
 from medssm.data.transforms import eval_transforms
 from medssm.engine.cases import Case, find_cases, is_dicom_series, list_cases, load_case
-from medssm.engine.checkpoint import load_model
 from medssm.engine.config import config_from_dict
+from medssm.engine.ensemble import CheckpointPaths, EnsemblePredictor
 from medssm.engine.files import write_text_atomic
-from medssm.engine.inference import infer
 from medssm.engine.outputs import (
     CSV_NAME,
     FAILED_NAME,
@@ -216,18 +215,27 @@ def _predict_case(case: Case, paths: list[Path], predict_fn: PredictFn, preproce
     return result
 
 
-def predict_checkpoint(checkpoint: str | Path, input: str | Path, output: str | Path, probabilities: bool = False,
+def predict_checkpoint(checkpoint: CheckpointPaths, input: str | Path, output: str | Path, probabilities: bool = False,
                        overwrite: bool = False, tta: bool = False, roi_size: Sequence[int] | None = None,
                        device: str = "auto", continue_on_error: bool = False,
                        skip_existing: bool = False, progress: bool = False) -> list[Path]:
     """``medssm predict``: load a checkpoint and run :func:`predict_path` with the run's own preprocessing
     (the evaluation transforms of its config: intensity normalisation per modality) and inference settings
     (sliding window over the training patch size, overlap, optional flip TTA). ``device``: auto, cpu, cuda or
-    cuda:<index>."""
+    cuda:<index>. Several checkpoints (or a cross-validation folder) predict as one ensemble, the mean of their
+    probabilities (:class:`~medssm.engine.ensemble.EnsemblePredictor`), with the first one's settings."""
     device = pick_device(device)
-    model, meta = load_model(checkpoint, device)
-    config = config_from_dict(meta["config"], f"{checkpoint} config")
+    predictor = EnsemblePredictor.load(checkpoint, device)
+    meta = predictor.meta
+    config = config_from_dict(meta["config"], f"{predictor.names[0]} config")
     task = meta["task"]
+    if task == "mil":  # bags: probabilities, instance scores and heat maps (engine/predict_mil.py)
+        from .predict_mil import predict_bags
+
+        if len(predictor) != 1:
+            raise ValueError(f"predict on bags takes one checkpoint (instance scores do not average), got "
+                             f"{len(predictor)}")
+        return predict_bags(predictor.models[0], meta, input, output, overwrite=overwrite, device=device)
     spatial_dims = meta["model_args"]["spatial_dims"]
     in_channels = meta["model_args"]["in_channels"]
     transform = eval_transforms(task, spatial_dims, modality=config.transforms.modality)
@@ -244,8 +252,9 @@ def predict_checkpoint(checkpoint: str | Path, input: str | Path, output: str | 
         return transform({"image": image})["image"] if transform is not None else image
 
     def predict_fn(image: torch.Tensor) -> torch.Tensor:
-        return infer(model, image.to(device), task, roi_size=roi, overlap=inf.overlap,
-                     sw_batch_size=inf.sw_batch_size, tta_flips=tta or inf.tta).float().cpu()
+        return predictor(image.to(device), task, roi_size=roi, overlap=inf.overlap,
+                         sw_batch_size=inf.sw_batch_size, tta_flips=tta or inf.tta,
+                         mode=inf.mode).float().cpu()
 
     file_task = "classification" if task == "multilabel" else task
     return predict_path(input, output, predict_fn, task=file_task, probabilities=probabilities,

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from .. import __version__
 from ..conventions import DENSE_TASKS, MODEL_TASK
 from ..data import build_dataset
+from ..data.mil_colon import bag_transforms
 from ..data.transforms import eval_transforms, train_transforms
 from ..models import get_entry
 from .checkpoint import read_meta
@@ -29,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 # The loss "auto" picks for each task the training loop implements.
 DEFAULT_LOSS = {"segmentation": "dice_ce", "classification": "ce", "multilabel": "bce", "restoration": "l1",
-                "events": "ce"}
+                "mil": "ce", "events": "ce"}
 
 
 class SeededTransformDataset(Dataset):
@@ -80,6 +81,8 @@ def build_split(config: Config, split: str, train: bool) -> tuple[Dataset, Any]:
     if dataset.task in SEQUENCE_TASKS:
         return dataset, None  # token sequences: no image transforms
     t = config.transforms
+    if dataset.task == "mil":  # bags: per-instance flips, rotations and colour (patch bags only)
+        return dataset, bag_transforms(dataset, train, flips=t.flips, rotations=t.rotations)
     patch = tuple(t.patch_size) if t.patch_size else None
     if train:
         transform = train_transforms(dataset.task, dataset.spatial_dims, patch_size=patch, modality=t.modality,
@@ -92,7 +95,8 @@ def build_split(config: Config, split: str, train: bool) -> tuple[Dataset, Any]:
 def model_arguments(config: Config, dataset: Any) -> dict[str, Any]:
     """The model's constructor arguments: the dataset's dims and channels unless the config sets them."""
     out_channels = dataset.in_channels if dataset.task == "restoration" else dataset.num_classes
-    dims = {} if dataset.task in SEQUENCE_TASKS else {"spatial_dims": dataset.spatial_dims}
+    # A bag or a token sequence has no spatial axes.
+    dims = {} if dataset.task in ("mil", *SEQUENCE_TASKS) else {"spatial_dims": dataset.spatial_dims}
     return {**dims, "in_channels": dataset.in_channels, "out_channels": out_channels, **config.model.args}
 
 
@@ -132,22 +136,36 @@ def roi_size(config: Config, task: str) -> tuple[int, ...] | None:
 
 def evaluation_loader(dataset: Dataset, transform: Any, task: str, batch_size: int, info: DistInfo,
                       num_workers: int) -> DataLoader:
-    """This rank's shard of an evaluation set; dense tasks go one case at a time (sizes may differ)."""
+    """This rank's shard of an evaluation set; dense tasks and bags go one case at a time (sizes may differ)."""
     view = Subset(SeededTransformDataset(dataset, transform, 0), shard_indices(len(dataset), info))
-    dense = task in DENSE_TASKS
+    dense = task in DENSE_TASKS or task == "mil"
     return DataLoader(view, batch_size=1 if dense else batch_size, shuffle=False, num_workers=num_workers)
 
 
-def make_loss(name: str, task: str) -> nn.Module:
-    """The loss ``train.loss`` names; ``"auto"`` is the task's default (:data:`DEFAULT_LOSS`)."""
+def make_loss(name: str, task: str, class_weights: list[float] | None = None) -> nn.Module:
+    """The loss ``train.loss`` names; ``"auto"`` is the task's default (:data:`DEFAULT_LOSS`).
+
+    ``class_weights`` (``train.class_weights`` resolved, see :mod:`medssm.engine.imbalance`) weigh the
+    cross-entropy of ``ce`` and the cross-entropy part of ``dice_ce`` (the Dice part stays unweighted), and
+    are ``bce``'s ``pos_weight``."""
     check_supported(task, tuple(DEFAULT_LOSS), "the training losses")
     name = DEFAULT_LOSS[task] if name == "auto" else name
+    weight = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
     if name == "dice_ce":
-        return DiceCELoss(to_onehot_y=True, softmax=True)
+        loss = DiceCELoss(to_onehot_y=True, softmax=True)
+        if weight is not None:  # MONAI's weight= would weigh the Dice term too
+            loss.cross_entropy = nn.CrossEntropyLoss(weight=weight)
+        return loss
     losses = {"ce": nn.CrossEntropyLoss, "bce": nn.BCEWithLogitsLoss, "l1": nn.L1Loss, "mse": nn.MSELoss}
     if name not in losses:
         raise ValueError(f"train.loss must be 'auto', 'dice_ce' or one of {sorted(losses)}, got {name!r}")
-    return losses[name]()
+    if weight is None:
+        return losses[name]()
+    if name == "ce":
+        return nn.CrossEntropyLoss(weight=weight)
+    if name == "bce":
+        return nn.BCEWithLogitsLoss(pos_weight=weight)
+    raise ValueError(f"train.class_weights weigh the ce, bce and dice_ce losses, not {name}")
 
 
 def has_checkpoint(out_dir: Path) -> bool:

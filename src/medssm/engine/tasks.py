@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from ..conventions import check_task
 
-# The tasks the training loop, its losses, metrics and inference implement (not yet "mil").
-ENGINE_TASKS: tuple[str, ...] = ("segmentation", "classification", "multilabel", "restoration", "events")
+# The tasks the training loop, its losses, metrics and inference implement.
+ENGINE_TASKS: tuple[str, ...] = ("segmentation", "classification", "multilabel", "restoration", "mil", "events")
 
-# The tasks scored like single-label classification: (batch, classes) logits against class indices
-# (softmax probabilities, the classification metrics, per-class reports).
-CLASS_LIKE_TASKS: tuple[str, ...] = ("classification", "events")
+# The tasks whose target is one class index per sample ("mil": per bag; "events": per coded event sequence),
+# scored like single-label classification: (batch, classes) logits, softmax probabilities, the same losses,
+# metrics and per-class reports.
+SINGLE_LABEL_TASKS: tuple[str, ...] = ("classification", "mil", "events")
 
 # The tasks whose input is a sequence without spatial axes (packed tokens (batch, L, features)): no
 # spatial_dims for the model, no image transforms, no flip test-time augmentation.

@@ -1,6 +1,7 @@
 """One training loop for segmentation, classification, multi-label, restoration and 1D tasks.
 
-The run folder holds ``config.yaml`` (resolved), ``log.jsonl`` (one row per logged step or validation),
+The run folder holds ``config.yaml`` (resolved), ``splits.json`` (the cases of each split, checked on resume;
+see :mod:`medssm.engine.folds`), ``log.jsonl`` (one row per logged step or validation),
 ``curves.png`` (refreshed at every validation), ``checkpoints/last`` (resumable) and ``checkpoints/best``
 (weights of the best validation score), and ``val_metrics.json`` at the end.
 
@@ -13,6 +14,8 @@ killed at any moment and resumed from its last checkpoint therefore replays the 
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
 import math
@@ -23,7 +26,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 from tqdm.auto import tqdm
 
 from ..models import create_model
@@ -39,6 +42,8 @@ from .distributed import (
     mean_across_ranks,
 )
 from .files import write_text_atomic
+from .folds import save_or_check_splits, split_record
+from .imbalance import make_train_sampler, resolve_class_weights
 from .inference import infer
 from .metrics import Metrics, higher_is_better, selection_metric
 from .report import plot_curves
@@ -199,15 +204,21 @@ def _setup_run(config: Config, out_dir: Path, resume: bool, device: torch.device
     if info.is_main:
         warn_absent_classes(model_args["out_channels"], {"train": train_set, "val": val_set})
     check_model_task(config, task)
+    # The split is saved (and checked on resume) before the model is built: it draws nothing from the RNG.
+    save_or_check_splits(out_dir, split_record(config, {"train": train_set, "val": val_set}), resume, info.is_main)
     model = create_model(config.model.name, **model_args).to(device)
     train_model: nn.Module = model
     if info.enabled:
         train_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    sampler = ShardedBatchSampler(len(train_set), tc.batch_size, info, tc.seed)
+    # One sampler batch is one optimizer step: ``accumulate`` micro-batches of batch_size (see micro_batches).
+    sampler = make_train_sampler(tc.sampler, train_set, task, tc.batch_size * tc.accumulate, info, tc.seed)
+    class_weights = resolve_class_weights(tc.class_weights, train_set, task, model_args["out_channels"], out_dir,
+                                          resume, info)
     total_steps = tc.max_steps or tc.epochs * sampler.batches_per_epoch()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    optimizer_class = torch.optim.Adam if tc.optimizer == "adam" else torch.optim.AdamW
+    optimizer = optimizer_class(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, tc.warmup_steps, total_steps, tc.min_lr_ratio))
     scaler = torch.amp.GradScaler(device.type, enabled=tc.amp == "fp16")
@@ -217,13 +228,14 @@ def _setup_run(config: Config, out_dir: Path, resume: bool, device: torch.device
                      "train_size": len(train_set), "val_split": config.data.val_split,
                      "val_size": len(val_set), "train_cases": case_names(train_set),
                      "val_cases": case_names(val_set)},
-            "versions": versions()}
+            "versions": versions(), "class_weights": class_weights}
     if hasattr(train_set, "tokenizer"):  # event tokens: the training split's bins, reused by evaluate
         meta["data"]["tokenizer"] = train_set.tokenizer.to_dict()
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tc.amp)
+    loss_fn = make_loss(tc.loss, task, class_weights).to(device)
     run = _Run(config=config, out_dir=out_dir, info=info, device=device, task=task,
                num_classes=train_set.num_classes, model=model, train_model=train_model, optimizer=optimizer,
-               scheduler=scheduler, scaler=scaler, amp_dtype=amp_dtype, loss_fn=make_loss(tc.loss, task),
+               scheduler=scheduler, scaler=scaler, amp_dtype=amp_dtype, loss_fn=loss_fn,
                sampler=sampler,
                train_view=SeededTransformDataset(train_set, train_transform, tc.seed),
                val_loader=evaluation_loader(val_set, val_transform, task, tc.batch_size, info, tc.num_workers),
@@ -260,7 +272,8 @@ def _train(run: _Run, progress: bool) -> dict[str, Any]:
         run.train_view.set_epoch(counters["epoch"])
         # Its own generator, so that creating a loader mid-epoch does not consume the global RNG.
         loader = DataLoader(run.train_view, batch_sampler=run.sampler, num_workers=tc.num_workers,
-                            generator=torch.Generator().manual_seed(tc.seed + counters["epoch"]))
+                            generator=torch.Generator().manual_seed(tc.seed + counters["epoch"]),
+                            collate_fn=functools.partial(micro_batches, parts=tc.accumulate))
         for batch in loader:
             running.append(_train_step(run, batch))
             step = counters["step"]
@@ -284,18 +297,35 @@ def _train(run: _Run, progress: bool) -> dict[str, Any]:
     return _finish(run)
 
 
-def _train_step(run: _Run, batch: dict[str, Any]) -> float:
-    """One optimizer step on ``batch``; returns its loss."""
-    tc, device = run.config.train, run.device
+def micro_batches(items: list[dict[str, Any]], parts: int = 1) -> list[dict[str, Any]]:
+    """Collate one optimizer step's items into ``parts`` equal micro-batches (gradient accumulation).
+
+    Items of different shapes (bags of different sizes) cannot be stacked: ValueError saying so."""
+    if len(items) % parts:
+        raise ValueError(f"{len(items)} samples per process cannot be split into train.accumulate={parts} equal "
+                         "micro-batches; make train.batch_size a multiple of the number of processes")
+    size = len(items) // parts
+    try:
+        return [default_collate(items[i:i + size]) for i in range(0, len(items), size)]
+    except RuntimeError as error:
+        raise ValueError(f"cannot batch samples of different shapes ({error}); bags of different sizes need "
+                         "train.batch_size=1 (train.accumulate=K averages K of them per step)") from error
+
+
+def _train_step(run: _Run, batch: list[dict[str, Any]]) -> float:
+    """One optimizer step on the micro-batches of ``batch`` (their mean loss); returns the loss."""
+    tc = run.config.train
     run.train_model.train()
-    image, label = batch["image"].to(device), batch["label"].to(device)
-    with torch.autocast(device.type, dtype=run.amp_dtype or torch.float32, enabled=run.amp_dtype is not None):
-        output = run.train_model(image)
-    loss = run.loss_fn(output.float(), label.float() if run.task in FLOAT_TARGET_TASKS else label)
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"loss is {loss.item()} at step {run.counters['step'] + 1}")
     run.optimizer.zero_grad(set_to_none=True)
-    run.scaler.scale(loss).backward()
+    total = 0.0
+    for i, micro in enumerate(batch):
+        last = i == len(batch) - 1
+        # DDP averages gradients across processes once, on the step's last micro-batch.
+        sync = contextlib.nullcontext() if last or not run.info.enabled else run.train_model.no_sync()
+        with sync:
+            loss = _micro_loss(run, micro) / len(batch)
+            run.scaler.scale(loss).backward()
+        total += loss.item()
     if tc.grad_clip:
         run.scaler.unscale_(run.optimizer)
         nn.utils.clip_grad_norm_(run.model.parameters(), tc.grad_clip)
@@ -304,7 +334,19 @@ def _train_step(run: _Run, batch: dict[str, Any]) -> float:
     run.scheduler.step()
     run.counters["step"] += 1
     run.counters["batch_in_epoch"] += 1
-    return loss.item()
+    return total
+
+
+def _micro_loss(run: _Run, batch: dict[str, Any]) -> torch.Tensor:
+    """The loss of one micro-batch; FloatingPointError when it is not finite."""
+    device = run.device
+    image, label = batch["image"].to(device), batch["label"].to(device)
+    with torch.autocast(device.type, dtype=run.amp_dtype or torch.float32, enabled=run.amp_dtype is not None):
+        output = run.train_model(image)
+    loss = run.loss_fn(output.float(), label.float() if run.task in FLOAT_TARGET_TASKS else label)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"loss is {loss.item()} at step {run.counters['step'] + 1}")
+    return loss
 
 
 def _log_loss(run: _Run, running: list[float], started: float, bar: tqdm | None) -> None:
@@ -343,11 +385,23 @@ def _validate(run: _Run, bar: tqdm | None) -> bool:
         plot_curves(run.log.rows, run.out_dir / "curves.png")
     if bar is not None:
         bar.set_postfix(**{run.metric: f"{score:.4f}", "best": f"{counters['best']:.4f}"}, refresh=False)
+        bar.write(validation_line(step, scores, run.metric, counters), file=bar.fp)
+    elif run.info.is_main:
+        logger.info(validation_line(step, scores, run.metric, counters))
     if tc.early_stopping and counters["bad_validations"] >= tc.early_stopping:
         logger.info("early stopping at step %d: %d validations without improvement", step,
                     counters["bad_validations"])
         return True
     return False
+
+
+def validation_line(step: int, scores: dict[str, float], metric: str, counters: dict[str, Any]) -> str:
+    """One line per validation: every summary metric (not the per-class ``_<k>`` ones) and the best so far,
+    e.g. "step 100 val: accuracy 0.9000 balanced_accuracy 0.5000 auc 0.7100 f1 0.4737 | best auc 0.7100 at
+    step 100" (a binary classifier that predicts the majority class shows balanced accuracy 0.5)."""
+    shown = {k: v for k, v in scores.items() if not k.rpartition("_")[2].isdigit() or k == metric}
+    values = " ".join(f"{k} {v:.4f}" for k, v in shown.items())
+    return f"step {step} val: {values} | best {metric} {counters['best']:.4f} at step {counters['best_step']}"
 
 
 def _save_last(run: _Run) -> None:

@@ -33,8 +33,9 @@ from ..scans import ScanRoute, get_route
 from .factories import conv_nd
 from .grid import check_grid
 from .mamba import init_dt_bias, no_weight_decay, s4d_real_A_log
+from .restoration import SequenceShuffleAttention
 
-MERGES = ("sum", "weighted", "cv_gate")
+MERGES = ("sum", "weighted", "cv_gate", "ssa")
 
 
 def cv_gate_merge(grids: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:
@@ -62,7 +63,9 @@ class MultiRouteMamba(nn.Module):
         d_conv: depthwise conv kernel size (odd: the conv is centred, not causal, as in VMamba).
         dt_rank: "auto" = ceil(d_model / 16). dt_min, dt_max, dt_init_floor: dt bias initialisation.
         merge: "sum" (VMamba), "weighted" (a learned softmax weight per route) or "cv_gate" (MHS-VM's gated
-            fusion unit, :func:`cv_gate_merge`; needs K >= 2). gate_threshold: cv_gate's threshold t.
+            fusion unit, :func:`cv_gate_merge`; needs K >= 2) or "ssa" (MaIR's sequence shuffle attention,
+            :class:`~medssm.layers.restoration.SequenceShuffleAttention`, as ``gating``; needs K >= 2).
+            gate_threshold: cv_gate's threshold t.
         scan_backend: selective_scan backend.
         ssm: False leaves the routes, the scan and its parameters out (the gated-CNN control, see above).
     """
@@ -91,8 +94,8 @@ class MultiRouteMamba(nn.Module):
         else:
             raise ValueError(f"route must be a route name or a ScanRoute, got {type(route).__name__}")
         self.num_routes = K = self.route.num_orders(spatial_dims)
-        if merge == "cv_gate" and K < 2:
-            raise ValueError(f"merge='cv_gate' compares routes, but route {self.route.name!r} gives K={K} in "
+        if merge in ("cv_gate", "ssa") and K < 2:
+            raise ValueError(f"merge={merge!r} compares routes, but route {self.route.name!r} gives K={K} in "
                              f"{spatial_dims}D")
         self.merge_mode = merge
         self.gate_threshold = gate_threshold
@@ -105,6 +108,8 @@ class MultiRouteMamba(nn.Module):
         if ssm:
             self._init_ssm(dt_min, dt_max, dt_init_floor)
         self.route_logits = nn.Parameter(torch.zeros(K)) if merge == "weighted" and ssm else None
+        if merge == "ssa" and ssm:
+            self.gating = SequenceShuffleAttention(self.d_inner, K)
         self.out_norm = nn.LayerNorm(self.d_inner)
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias)
 
@@ -149,6 +154,8 @@ class MultiRouteMamba(nn.Module):
             y = y * torch.softmax(self.route_logits, 0).view(1, K, 1, 1).to(y.dtype)
         if self.merge_mode == "cv_gate":
             y = cv_gate_merge(self.route.scatter(y, spatial), self.gate_threshold)
+        elif self.merge_mode == "ssa":
+            y = self.gating(self.route.scatter(y, spatial))
         else:
             y = self.route.merge(y, spatial)  # (batch, d_inner, *spatial)
         return y

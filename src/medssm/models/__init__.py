@@ -5,14 +5,25 @@ registry itself imports no family (timm's layout). A new family file is added to
 """
 
 from . import (  # noqa: F401  (each family registers its models on import)
+    abmil,
     baselines,
+    dncnn,
+    ecg_mamba,
     ehr_baselines,
     ehr_mamba,
     lightm_unet,
+    mair,
+    mamba_mil,
+    mambair,
+    mambaout,
+    medmamba,
     mini,
     segmamba,
+    transmil,
     umamba,
+    vim,
     vm_unet,
+    vmamba,
 )
 from .registry import (
     MODEL_TASKS,

@@ -17,6 +17,15 @@ MONAI's keys and MONAI checkpoints load unchanged.
 - ``swin_unetr``: MONAI's SwinUNETR (Hatamizadeh et al. 2022, arXiv:2201.01266), feature_size 24 (MONAI's
   default; the paper's 48 by argument), window 7, depths (2, 2, 2, 2) (MONAI builds it with einops, a medssm
   dependency for that reason).
+- ``residual_unet`` (restoration): the same BasicUNet with as many outputs as inputs, added to the input
+  (``x + unet(x)``: it predicts the residual, as the Mamba restorers do).
+
+Classification baseline (any spatial_dims 1, 2, 3; MONAI's ResNet takes any input size as it is):
+
+- ``resnet18``: MONAI's ResNet (He et al. 2016, arXiv:1512.03385), basic blocks (2, 2, 2, 2), widths
+  (64, 128, 256, 512), shortcut B. ``small_input=True`` (default) is MedMNIST v2's "ResNet-18 (28)" (Yang et
+  al. 2023, Sci Data 10:41): conv1 3x3 stride 1 and no max pool, 11.17M parameters in 2D (3.85M 1D, 33.1M
+  3D); ``small_input=False`` the ImageNet stem (7x7 stride 2, max pool) for 224-size inputs.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ import torch.nn.functional as F
 from monai.networks.nets import BasicUNet, SegResNet, SwinUNETR
 
 from ..conventions import check_spatial_dims
+from ..layers.restoration import check_same_channels
 from .registry import register_model
 
 UNET_FEATURES = (32, 32, 64, 128, 256, 32)
@@ -112,3 +122,36 @@ def swin_unetr(spatial_dims: int = 2, in_channels: int = 1, out_channels: int = 
                **kwargs) -> nn.Module:
     """MONAI SwinUNETR (Hatamizadeh et al. 2022, no Mamba): the shifted-window transformer U-Net baseline."""
     return PaddedSwinUNETR(_check_dims(spatial_dims), in_channels, out_channels, feature_size=feature_size, **kwargs)
+
+
+class ResidualBasicUNet(PaddedBasicUNet):
+    """MONAI's BasicUNet predicting a residual: (batch, C, *spatial) -> x + unet(x), (batch, C, *spatial)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (batch, C, *spatial) -> (batch, C, *spatial)."""
+        return x + super().forward(x)
+
+
+@register_model("restoration", spatial_dims=(2, 3), input_size={2: (32, 32), 3: (16, 16, 16)})
+def residual_unet(spatial_dims: int = 2, in_channels: int = 1, out_channels: int = 1,
+                  features: Sequence[int] = UNET_FEATURES, **kwargs) -> nn.Module:
+    """MONAI BasicUNet with a residual output, x + unet(x) (no Mamba): the restoration U-Net baseline."""
+    check_same_channels(in_channels, out_channels)
+    return ResidualBasicUNet(_check_dims(spatial_dims), in_channels, out_channels, features=tuple(features), **kwargs)
+
+
+# --- classification ----------------------------------------------------------------------------------------------
+
+
+@register_model("classification", spatial_dims=(1, 2, 3), input_size={1: (256,), 2: (28, 28), 3: (28, 28, 28)})
+def resnet18(spatial_dims: int = 2, in_channels: int = 1, out_channels: int = 2, small_input: bool = True,
+             **kwargs) -> nn.Module:
+    """MONAI ResNet-18 (He et al. 2016, no Mamba), 1D/2D/3D; small_input: MedMNIST v2's "ResNet-18 (28)" stem."""
+    from monai.networks.nets import ResNet
+
+    # MedMNIST v2 (Yang et al. 2023) keeps 28x28 inputs' resolution: conv1 3x3 stride 1 and no max pool;
+    # small_input=False is the ImageNet stem (7x7 stride 2 and a 3x3 max pool) for 224-size inputs.
+    stem = dict(conv1_t_size=3, conv1_t_stride=1, no_max_pool=True) if small_input else dict(
+        conv1_t_size=7, conv1_t_stride=2, no_max_pool=False)
+    return ResNet("basic", [2, 2, 2, 2], [64, 128, 256, 512], spatial_dims=check_spatial_dims(spatial_dims),
+                  n_input_channels=in_channels, num_classes=out_channels, **{**stem, **kwargs})

@@ -226,10 +226,15 @@ def count_flops(model: nn.Module, example: torch.Tensor) -> int:
     from ..ops import count_scan_flops
 
     was_training = model.training
+    # PyTorch's fused transformer fast path (eval, no grad) runs one op the counter cannot see; count the
+    # unfused matmuls instead.
+    fastpath = torch.backends.mha.get_fastpath_enabled()
     model.eval()
+    torch.backends.mha.set_fastpath_enabled(False)
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as counter, count_scan_flops() as scans:
             model(example)
     finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
         model.train(was_training)
     return int(counter.get_total_flops()) + scans.flops

@@ -5,6 +5,8 @@
 - ``"reference"``: plain PyTorch loop over time (the oracle; slow).
 - ``"torch"``: chunked pure PyTorch; any device, differentiable, traceable and exportable.
 - ``"cpu"``: fused multithreaded numba kernels for forward and backward (CPU tensors).
+- ``"triton"``: fused Triton kernels for forward and backward (CUDA tensors, ``pip install triton``; CPU
+  tensors only under Triton's interpreter, ``TRITON_INTERPRET=1``, for tests).
 - ``"auto"``: the fastest available for the tensors' device; the choice is logged at DEBUG level and
   shown by ``medssm info``. Asking for a backend that cannot run here is an error, never a silent fallback.
 """
@@ -22,7 +24,7 @@ from ._checks import check_scan_args
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("reference", "torch", "cpu")
+BACKENDS = ("reference", "torch", "cpu", "triton")
 
 
 class ScanFlops:
@@ -56,11 +58,17 @@ def numba_available() -> bool:
 
 def available_backends(device: str | torch.device = "cpu") -> list[str]:
     """Backends that can run on ``device``, fastest first (the first is what ``"auto"`` picks)."""
+    from .scan_triton import triton_runs_on
+
     device = torch.device(device)
     names = []
+    if device.type == "cuda" and triton_runs_on(device):
+        names.append("triton")
     if device.type == "cpu" and numba_available():
         names.append("cpu")
     names += ["torch", "reference"]
+    if device.type == "cpu" and triton_runs_on(device):
+        names.append("triton")  # the interpreter: last, it is for tests
     return names
 
 
@@ -73,7 +81,11 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
     if backend not in available_backends(device):
-        reason = "it needs CPU tensors" if backend == "cpu" and device.type != "cpu" else "numba is not installed"
+        if backend == "triton":
+            reason = ("triton is not installed (pip install 'medssm[gpu]')" if device.type == "cuda" else
+                      "it needs CUDA tensors (or TRITON_INTERPRET=1 for Triton's interpreter on CPU tensors)")
+        else:
+            reason = "it needs CPU tensors" if backend == "cpu" and device.type != "cpu" else "numba is not installed"
         raise ValueError(f"selective_scan backend {backend!r} cannot run on {device}: {reason}. "
                          f"Available here: {available_backends(device)}")
     return backend
@@ -93,7 +105,7 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
         D: optional (d,) skip. z: optional (batch, d, L) gate. delta_bias: optional (d,).
         delta_softplus: apply softplus to delta + delta_bias.
         return_last_state: also return the final state (batch, d, N) in fp32.
-        backend: "auto", "reference", "torch" or "cpu".
+        backend: "auto", "reference", "torch", "cpu" or "triton".
 
     Computes in fp32: h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t; y_t = <h_t, C_t>;
     out = (y + D u) * silu(z), cast back to u's dtype.
@@ -109,6 +121,8 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
         from .scan_reference import selective_scan_reference as fn
     elif name == "torch":
         from .scan_torch import selective_scan_torch as fn
+    elif name == "triton":
+        from .scan_triton import selective_scan_triton as fn
     else:
         from .scan_cpu import selective_scan_cpu as fn
     return fn(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,

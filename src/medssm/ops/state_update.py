@@ -9,6 +9,10 @@ Given the state h (per channel and state index) and one new token, it computes
 updating ``state`` in place. Two layouts are accepted, as in mamba_ssm: without heads (Mamba-1:
 channels ``dim``) or with heads (Mamba-2: ``nheads`` heads of ``dim`` channels each, where B and C
 come in ``ngroups`` groups, head h using group h // (nheads // ngroups)).
+
+Backends: ``"torch"`` (plain tensor ops, any device) and ``"triton"`` (one fused kernel: CUDA tensors with
+triton installed, or CPU tensors under Triton's interpreter, ``TRITON_INTERPRET=1``); ``"auto"`` picks
+triton for CUDA tensors where it can run, torch otherwise.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from ._checks import check_tensor, shape_or_type
 def selective_state_update(state: torch.Tensor, x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor,
                            B: torch.Tensor, C: torch.Tensor, D: torch.Tensor | None = None,
                            z: torch.Tensor | None = None, dt_bias: torch.Tensor | None = None,
-                           dt_softplus: bool = False) -> torch.Tensor:
+                           dt_softplus: bool = False, *, backend: str = "auto") -> torch.Tensor:
     """Advance the SSM state by one token (in place) and return that token's output.
 
     Shapes without heads / with heads:
@@ -32,7 +36,7 @@ def selective_state_update(state: torch.Tensor, x: torch.Tensor, dt: torch.Tenso
         B, C: (batch, dstate) / (batch, ngroups, dstate), ngroups dividing nheads.
         D, dt_bias: (dim,) / (nheads, dim).
 
-    Computes in fp32 and returns out, shaped like x, in x's dtype.
+    Computes in fp32 and returns out, shaped like x, in x's dtype. ``backend``: "auto", "torch" or "triton".
     """
     if not isinstance(state, torch.Tensor) or state.dim() not in (3, 4):
         raise ValueError(f"state must have shape (batch, dim, dstate) or (batch, nheads, dim, dstate), "
@@ -62,6 +66,10 @@ def selective_state_update(state: torch.Tensor, x: torch.Tensor, dt: torch.Tenso
     check_tensor(D, "D", per, txt[1])
     check_tensor(z, "z", lead, txt[0])
     check_tensor(dt_bias, "dt_bias", per, txt[1])
+    if _state_update_backend(backend, state.device) == "triton":
+        from .scan_triton import selective_state_update_triton
+
+        return selective_state_update_triton(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
 
     dt = dt.float()
     if dt_bias is not None:
@@ -82,3 +90,17 @@ def selective_state_update(state: torch.Tensor, x: torch.Tensor, dt: torch.Tenso
     if z is not None:
         out = out * F.silu(z.float())
     return out.to(x.dtype)
+
+
+def _state_update_backend(backend: str, device: torch.device) -> str:
+    """"auto" -> "triton" for CUDA tensors where it can run, else "torch"; an unavailable choice is an error."""
+    from .scan_triton import triton_runs_on
+
+    if backend == "auto":
+        return "triton" if device.type == "cuda" and triton_runs_on(device) else "torch"
+    if backend not in ("torch", "triton"):
+        raise ValueError(f"backend must be 'auto', 'torch' or 'triton', got {backend!r}")
+    if backend == "triton" and not triton_runs_on(device):
+        raise ValueError(f"selective_state_update backend 'triton' cannot run on {device}: it needs CUDA tensors "
+                         "and triton installed (or TRITON_INTERPRET=1 for Triton's interpreter on CPU tensors)")
+    return backend

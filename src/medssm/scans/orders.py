@@ -79,3 +79,28 @@ def reverse_within_windows(seq: torch.Tensor, window: int) -> torch.Tensor:
 def with_reversed(orders: torch.Tensor) -> torch.Tensor:
     """Append every order read backwards: (K, T) -> (2K, T), the reverses after the originals."""
     return torch.cat([orders, orders.flip(-1)])
+
+
+def stripe_snake_order(grid: torch.Tensor, width: int, shift: int = 0) -> torch.Tensor:
+    """MaIR's nested S-shaped scan of ``grid`` (last axis fastest): (T,).
+
+    The last axis is cut into stripes of ``width`` columns (the first ``shift`` columns, when ``shift`` > 0,
+    form a narrower first stripe; the last stripe may be partial). Stripes are visited left to right, even
+    stripes top to bottom and odd stripes bottom to top; inside a stripe the k-th visited row runs left to
+    right for even k and right to left for odd k (a boustrophedon of short rows). Leading axes (3D: depth)
+    are chained like :func:`snake_order`: every odd slice runs its whole sequence backwards.
+    """
+    *lead, height, columns = grid.shape
+    left = (width - shift) % width  # padding that turns the narrow first stripe into a full one
+    stripes = math.ceil((left + columns) / width)
+    padded = grid.new_full((*lead, height, stripes * width), -1)
+    padded[..., left:left + columns] = grid
+    seq = padded.unflatten(-1, (stripes, width)).movedim(-2, -3)  # (*lead, stripes, height, width)
+    odd_stripes = (torch.arange(stripes) % 2 == 1)[:, None, None]
+    seq = torch.where(odd_stripes, seq.flip(-2), seq)
+    odd_rows = (torch.arange(height) % 2 == 1)[:, None]
+    seq = torch.where(odd_rows, seq.flip(-1), seq).flatten(-3)
+    while seq.dim() > 1:
+        odd_slices = (torch.arange(seq.shape[-2]) % 2 == 1).unsqueeze(-1)
+        seq = torch.where(odd_slices, seq.flip(-1), seq).flatten(-2)
+    return seq[seq >= 0]

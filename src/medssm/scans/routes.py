@@ -16,6 +16,7 @@ from .orders import (
     reverse_within_windows,
     rotated_axes,
     snake_order,
+    stripe_snake_order,
     with_reversed,
 )
 
@@ -228,3 +229,50 @@ class LocalBidirectionalRoute(ScanRoute):
         raster = _raster(shape)
         forward = raster.flip(0) if self.reverse else raster
         return torch.stack([forward, reverse_within_windows(forward, self.window)])
+
+
+@register_route("nested_s")
+class NestedSRoute(ScanRoute):
+    """Nested S-shaped scan, K=4 (MaIR's NSS, Li et al. 2025, "MaIR: A Locality- and Continuity-Preserving
+    Mamba for Image Restoration", arXiv:2412.20066): the grid is cut into stripes of ``width`` columns, each
+    stripe is scanned as a boustrophedon of its short rows, and the stripes are chained, even ones top to
+    bottom, odd ones bottom to top, so that neighbours stay close in the sequence
+    (:func:`~medssm.scans.orders.stripe_snake_order`).
+
+    The four orders are MaIR's (``sscan_4d`` with ``fix_ending=True``): the scan of the grid, the same scan
+    of the grid turned by 180 degrees (it starts at the opposite corner: not the first order reversed), and
+    both on the transposed grid (stripes of ``width`` rows). In 3D the scan runs inside each (H, W) slice and
+    odd slices run backwards, so the path continues into the next slice; "turned" flips every axis.
+    Checked against MaIR's released ``sscan_4d`` on every grid up to 11x11 with widths 2, 3, 4, 8 and
+    ``shift`` 0 and width // 2 (where ``shift`` is smaller than both sides; narrower grids differ from it
+    there, its first stripe being wider than the grid).
+
+    Args:
+        width: stripe width w (MaIR's ``scan_len``: 4 for its denoising and SR models, 8 for tiny SR).
+        shift: width of a narrower first stripe (MaIR's ``shift_len``: width // 2 on every second block,
+            which moves the stripe borders); 0 for none.
+
+    3x4 with w=2: ``0 1 5 4 8 9 | 10 11 7 6 2 3`` (first order).
+    """
+
+    spatial_dims = (2, 3)
+
+    def __init__(self, width: int = 4, shift: int = 0) -> None:
+        super().__init__()
+        self.width = _positive("width", width)
+        if isinstance(shift, bool) or not isinstance(shift, int) or not 0 <= shift < width:
+            raise ValueError(f"shift must be an integer in [0, width={width}), got {shift!r}")
+        self.shift = shift
+
+    def extra_repr(self) -> str:
+        return f"width={self.width}, shift={self.shift}"
+
+    def _num_orders(self, spatial_dims: int) -> int:
+        return 4
+
+    def _build(self, shape: tuple[int, ...]) -> torch.Tensor:
+        grid = index_grid(shape)
+        turned = grid.flip(tuple(range(len(shape))))
+        columns = column_axes(len(shape))
+        return torch.stack([stripe_snake_order(g, self.width, self.shift)
+                            for g in (grid, turned, grid.permute(columns), turned.permute(columns))])

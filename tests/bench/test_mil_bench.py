@@ -1,0 +1,33 @@
+"""`medssm bench mil` on tiny bags: every variant measured, the skip rules, the table and the files."""
+
+from __future__ import annotations
+
+import json
+
+from medssm.bench import mil
+from medssm.cli import main
+
+
+def test_every_variant_runs_on_tiny_bags(tmp_path):
+    report = mil.run(sizes=[8, 16], repeats=1, threads=1, out_dir=tmp_path, isolate=False)
+    rows = report["rows"]
+    assert [(r["variant"], r["n"]) for r in rows] == [(v, n) for v in mil.VARIANTS for n in (8, 16)]
+    assert all(r["skipped"] is None and r["ms"] > 0 and r["params"] > 0 for r in rows)
+    assert "| mamba_mil_nossm |" in report["table"] and (tmp_path / "mil.png").stat().st_size > 0
+    assert json.loads((tmp_path / "mil.json").read_text())["settings"]["features"] == 512
+
+
+def test_sizes_past_the_time_limit_or_after_an_out_of_memory_are_skipped():
+    ran = mil.Row("transmil_exact", 1000, params=1, ms=2000.0)
+    assert mil._skip_reason("transmil_exact", 10_000, ran, 120)[0].startswith("predicted 200 s per call (quadratic")
+    assert mil._skip_reason("mamba_mil", 10_000, mil.Row("mamba_mil", 1000, ms=2000.0), 120) is None  # 20 s
+    oom = mil.Row("transmil", 10_000, skipped="out of memory", skip_kind="memory")
+    assert mil._skip_reason("transmil", 100_000, oom, 120) == ("n=10000 was skipped: out of memory", "memory")
+
+
+def test_the_command_measures_in_a_fresh_process(tmp_path, capsys):
+    assert main(["bench", "mil", "--model", "abmil", "--sizes", "8", "--repeats", "1", "--threads", "1", "--out",
+                 str(tmp_path / "b")]) == 0
+    rows = json.loads((tmp_path / "b" / "mil.json").read_text())["rows"]
+    assert len(rows) == 1 and rows[0]["skipped"] is None and rows[0]["ms"] > 0
+    assert "| abmil |" in capsys.readouterr().out
