@@ -177,3 +177,29 @@ def test_predict_names_a_channel_mismatch(run_3d, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "two.nii.gz" in err and "2 channel(s), but the model expects 1" in err
     assert not (tmp_path / "out.nii.gz").exists()
+
+
+@pytest.mark.parametrize(("model", "image_shape", "classes"), [("mambaout", (32, 32, 3), 4),
+                                                               ("vim", (20, 20, 12), 3)])
+def test_a_medmnist_file_never_seen_trains_and_evaluates_by_config_change(tmp_path, model, image_shape, classes):
+    """Issue 22: another size, channel count, class count and dimensionality than the shipped configs' files,
+    through the BreastMNIST config with data and model overrides only."""
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", 16), ("val", 8), ("test", 8)):
+        arrays[f"{split}_images"] = rng.integers(0, 256, (n, *image_shape), dtype=np.uint8)
+        arrays[f"{split}_labels"] = np.arange(n)[:, None] % classes
+    np.savez(tmp_path / "unseen.npz", **arrays)
+    run = tmp_path / "run"
+    overrides = [f"model.name={model}", "model.args={}", f"data.args={{path: {tmp_path / 'unseen.npz'}, "
+                 f"num_classes: {classes}}}", "train.max_steps=2", "train.batch_size=8", "train.val_every=2",
+                 "train.checkpoint_every=2", "train.warmup_steps=0"]
+    assert main(["train", "--config", "breastmnist", "--out", str(run), "--no-progress", *overrides]) == 0
+    assert main(["evaluate", "--checkpoint", str(run), "--split", "test", "--out", str(tmp_path / "eval")]) == 0
+    report = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert report["info"]["cases"] == 8
+    meta = json.loads((run / "checkpoints" / "best" / "checkpoint.json").read_text())
+    spatial_dims = 3 if model == "vim" else 2
+    in_channels = 3 if model == "mambaout" else 1
+    assert meta["model_args"]["spatial_dims"] == spatial_dims and meta["model_args"]["in_channels"] == in_channels
+    assert meta["model_args"]["out_channels"] == classes
