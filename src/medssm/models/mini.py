@@ -138,7 +138,7 @@ class MiniMambaClassifier(nn.Module):
 
 @register_model("segmentation", spatial_dims=(1, 2, 3), input_size={1: (256,), 2: (64, 64), 3: (32, 32, 32)})
 def mini_mamba_unet(spatial_dims: int = 2, in_channels: int = 1, out_channels: int = 2, **kwargs) -> nn.Module:
-    """Small U-Net, Mamba (VSSBlock) mixers in the deepest stage and bottleneck (the demo network)."""
+    """Small U-Net, Mamba (VSSBlock) mixers in the deepest stage and bottleneck."""
     return MiniMambaUNet(spatial_dims, in_channels, out_channels, **kwargs)
 
 
