@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from .. import malloc_note, openmp_spin_note
 from ..engine.files import atomic_path, write_text_atomic
 from ..models import count_parameters, create_model
-from .models import _MEMORY_MMAP_THRESHOLD, _mallopt, _restore_malloc, loglog_slope
+from .models import _MEMORY_MMAP_THRESHOLD, _mallopt, _restore_malloc, describe_failure, loglog_slope
 from .scan import memory_supported, peak_extra_memory
 
 DEFAULT_SIZES = (1_000, 10_000, 100_000)
@@ -91,12 +91,8 @@ def measure_point(variant: str, n: int, repeats: int, fresh_process: bool = Fals
             step()
             times.append(time.perf_counter() - start)
         row.ms = 1e3 * statistics.median(times)
-    except MemoryError as error:
-        row.skipped, row.skip_kind = f"out of memory (MemoryError {error})", "memory"
     except Exception as error:  # noqa: BLE001  (a failing size is a row, never the end of the run)
-        text = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-        memory_error = "out of memory" in text.lower() or "can't allocate" in text.lower()
-        row.skipped, row.skip_kind = text, "memory" if memory_error else "error"
+        row.skipped, row.skip_kind = describe_failure(error)
     return row
 
 

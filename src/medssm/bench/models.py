@@ -195,13 +195,19 @@ def measure_case(case: Case, repeats: int, max_seconds: float, fresh_process: bo
             row.gflops = count_flops(model, example) / 1e9
     except _TooSlow as error:
         row.skipped, row.skip_kind = str(error), "time"
-    except MemoryError as error:
-        row.skipped, row.skip_kind = f"out of memory (MemoryError{': ' + str(error) if str(error) else ''})", "memory"
     except Exception as error:  # noqa: BLE001  (a failing size is a row, never the end of the run)
-        text = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-        out_of_memory = "out of memory" in text.lower() or "can't allocate" in text.lower()
-        row.skipped, row.skip_kind = text, "memory" if out_of_memory else "error"
+        row.skipped, row.skip_kind = describe_failure(error)
     return row
+
+
+def describe_failure(error: Exception) -> tuple[str, str]:
+    """Why a measured point failed, for its row: (text, kind), kind "memory" for an allocation failure (a
+    MemoryError or torch's "out of memory" / "can't allocate"), else "error"."""
+    if isinstance(error, MemoryError):
+        return f"out of memory (MemoryError{': ' + str(error) if str(error) else ''})", "memory"
+    text = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+    out_of_memory = "out of memory" in text.lower() or "can't allocate" in text.lower()
+    return text, "memory" if out_of_memory else "error"
 
 
 def _child_main(spec: str) -> None:
