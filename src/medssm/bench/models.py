@@ -270,8 +270,8 @@ def plan_cases(models: list[str] | None = None, spatial_dims: list[int] | None =
                 cases += [Case(name, 3, side, "classifier_step") for side in sorted(set(classifier_sizes))]
             continue
         if entry.task != task:
-            raise ValueError(f"bench models --task {task} measures {task} models (and 3D classification models "
-                             f"with --classifier-step); {name!r} is a {entry.task} model")
+            raise ValueError(f"bench models --task {task} measures {task} models; {name!r} is a {entry.task} "
+                             f"model (3D classification models: --classifier-step)")
         variants = entry.variants
         for dims in spatial_dims or (2, 3):
             if dims in variants:
