@@ -51,3 +51,12 @@ def test_side_by_side_of_a_volume_shows_its_middle_slice():
     assert mosaic.shape == (8, 12) and (mosaic[:4, :6] == 255).all() and (mosaic[4:, 6:] == 0).all()
     with pytest.raises(ValueError, match=r"\(C, H, W\)"):
         side_by_side(torch.zeros(4, 4), torch.zeros(4, 4), torch.zeros(4, 4))
+
+
+def test_row_takes_the_callers_scores_instead_of_recomputing_them():
+    torch.manual_seed(0)
+    target = torch.rand(1, 1, 12, 10)
+    image = (target + 0.2 * torch.randn_like(target)).clamp(0, 1)
+    given = {"psnr": 1.0, "ssim": 2.0, "mae": 3.0}
+    row = restoration_row(image, target, target, 0.5, scores=given)
+    assert {k: row[k] for k in given} == given and row["input_psnr"] < 40 and row["seconds"] == 0.5

@@ -101,7 +101,8 @@ def evaluate(checkpoint: CheckpointPaths | None, out_dir: str | Path, split: str
         total.extend(case)
         name = batch["name"][0] if "name" in batch else f"case_{index:04d}"
         if task == "restoration":
-            per_case.append({"case": name, **restoration_row(batch["image"], output, batch["label"], seconds)})
+            row = restoration_row(batch["image"], output, batch["label"], seconds, scores=case.compute())
+            per_case.append({"case": name, **row})
             write_case_files(dataset, name, batch["image"][0], output[0], batch["label"][0], out_dir,
                              mosaic=all_images or index < max_overlays)
             continue

@@ -32,14 +32,18 @@ DIFF_GAIN = 4.0  # |output - clean| is amplified this much in the mosaic (errors
 PANELS = ("noisy", "output", "clean", "|output - clean|")
 
 
-def restoration_row(image: torch.Tensor, output: torch.Tensor, target: torch.Tensor, seconds: float
-                    ) -> dict[str, float]:
+def restoration_row(image: torch.Tensor, output: torch.Tensor, target: torch.Tensor, seconds: float,
+                    scores: dict[str, float] | None = None) -> dict[str, float]:
     """One case's row: psnr, ssim, mae of ``output`` and of the noisy ``image``, both against ``target``
-    ((1, C, *spatial) each), and the inference ``seconds``."""
-    scores, baseline = Metrics("restoration", output.shape[1]), Metrics("restoration", output.shape[1])
-    scores.update(output, target)
+    ((1, C, *spatial) each), and the inference ``seconds``. ``scores``: the output's metrics when the caller
+    has computed them already (evaluate's per-case Metrics), so they are not computed twice."""
+    if scores is None:
+        metrics = Metrics("restoration", output.shape[1])
+        metrics.update(output, target)
+        scores = metrics.compute()
+    baseline = Metrics("restoration", output.shape[1])
     baseline.update(image.to(output.dtype), target)
-    row = scores.compute()
+    row = dict(scores)
     row.update({f"input_{key}": value for key, value in baseline.compute().items()})
     row["seconds"] = seconds
     return row
