@@ -45,12 +45,12 @@ class ColonCNN(nn.Module):
         super().__init__()
         self.in_channels, self.patch_size = in_channels, patch_size
         default_mean, default_std = (COLON_MEAN, COLON_STD) if in_channels == 3 else ((0.5,), (0.5,))
-        for name, value in (("mean", mean if mean is not None else default_mean),
+        for name, given in (("mean", mean if mean is not None else default_mean),
                             ("std", std if std is not None else default_std)):
-            value = torch.as_tensor(value, dtype=torch.float32).flatten()
+            value = torch.as_tensor(given, dtype=torch.float32).flatten()
             if value.numel() not in (1, in_channels) or (name == "std" and (value <= 0).any()):
                 raise ValueError(f"{name} must be one value or {in_channels} (one per channel)"
-                                 f"{', all > 0' if name == 'std' else ''}, got {value.tolist()}")
+                                 f"{', all > 0' if name == 'std' else ''}, got {given}")
             # Not saved in checkpoints: the constructor arguments (the run's config) define them.
             self.register_buffer(name, value.expand(in_channels).reshape(1, -1, 1, 1).clone(), persistent=False)
         side = ((patch_size - 3) // 2 - 2) // 2  # after conv4 + pool2 + conv3 + pool2
