@@ -52,6 +52,15 @@ def test_matlab_centres_are_one_based_and_patches_are_centred_on_them(tmp_path):
         extract_patches(image, pixels, 4)
 
 
+def test_bag_instances_are_in_raster_order_not_class_order(tmp_path):
+    # the epithelial nucleus (listed first in the class files) lies below the fibroblasts
+    _colon_case(tmp_path, "img1", epithelial=[[5, 15]], others=[[20, 3], [4, 3], [9, 10]])
+    _, centres, label = read_case(tmp_path / "img1" / "img1.png")
+    assert label == 1 and centres.tolist() == [[3, 2], [19, 2], [8, 9], [4, 14]]  # 0-based, by row then column
+    _, detected, _ = read_case(tmp_path / "img1" / "img1.png", nuclei="detection")
+    assert detected.tolist() == centres.tolist()
+
+
 def test_colon_layout_bags_and_their_errors(tmp_path):
     for i in range(4):
         _colon_case(tmp_path, f"img{i}", epithelial=[[5, 5]] if i % 2 else [], others=[[10, 10], [20, 3]])

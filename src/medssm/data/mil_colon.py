@@ -88,9 +88,12 @@ def find_mat(folder: Path, stem: str, kind: str) -> Path:
 
 def read_case(image_path: str | Path, nuclei: str = "classified") -> tuple[np.ndarray, np.ndarray, int]:
     """One annotated image: its RGB pixels (H, W, 3) uint8, the 0-based (x, y) centres of its bag's nuclei
-    (n, 2) float64 (classified: the four class files in NUCLEUS_CLASSES order; detection: detection.mat) and
-    its bag label (1 when it holds an epithelial nucleus). The .mat files are found next to the image as
-    ``<stem>_<class>.mat``."""
+    (n, 2) float64 (classified: the four class files; detection: detection.mat) in raster order (by y, then x)
+    and its bag label (1 when it holds an epithelial nucleus). The .mat files are found next to the image as
+    ``<stem>_<class>.mat``.
+
+    Raster order, not the files' class order: a sequence model (mamba_mil, transmil's position encoding)
+    would otherwise read the nucleus classes, which only the annotation knows, from the instance order."""
     if nuclei not in NUCLEI:
         raise ValueError(f"nuclei must be one of {NUCLEI}, got {nuclei!r}")
     image_path = Path(image_path)
@@ -102,7 +105,7 @@ def read_case(image_path: str | Path, nuclei: str = "classified") -> tuple[np.nd
                               for k in kinds])
     if len(centres) == 0:
         raise ValueError(f"{image_path}: an empty bag (no {nuclei} nucleus in its .mat files)")
-    return image, centres, int(len(epithelial) > 0)
+    return image, centres[np.lexsort((centres[:, 0], centres[:, 1]))], int(len(epithelial) > 0)
 
 
 class ColonMIL(Dataset):
