@@ -9,7 +9,8 @@ comparison changes only the sequence mixer:
   ``ehr_mamba``; ``pooling="last"`` reads its final state).
 - ``ehr_transformer``: sinusoidal positions added to the embeddings, then a pre-norm TransformerEncoder
   (GELU, 4x feed-forward) with a key-padding mask (and a causal mask with ``causal=True``), pooled by the
-  mean over the real tokens by default (as the others). Attention memory grows as L^2 (``medssm bench ehr`` measures it).
+  mean over the real tokens by default (as the others). Attention memory grows as L^2 (``medssm bench ehr``
+  measures it).
 """
 
 from __future__ import annotations
