@@ -22,9 +22,10 @@ tokens, for every event model (``ehr_gru``, ``ehr_transformer`` too). Measured o
 (validation AUROC, d_model 64, depth 2, lr 1e-3): last-token pooling learnt little (0.60 -> 0.63 over 6
 epochs, and the same with ``ssm=False``, whose receptive field at the last token is only ~2 * (d_conv - 1)
 tokens: the selective scan was not carrying the stay's earlier events to the last token in so few steps),
-mean pooling reached 0.76 in 3 epochs; the tokens themselves are informative (a logistic regression on
-per-stay code counts: 0.83; the embedding mean-pooled with no sequence model: 0.79). Mean pooling also
-makes ``ssm=False`` a fair control: it answers whether the scan adds to the same local features.
+mean pooling reached 0.76 in 3 epochs and 0.79 in the 6-epoch recipe (set-b test AUROC 0.788, from
+0.636); the tokens themselves are informative (a logistic regression on per-stay code counts: 0.83; the
+embedding mean-pooled with no sequence model: 0.79). Mean pooling also makes ``ssm=False`` a fair control:
+it answers whether the scan adds to the same local features (at this size it did not: val 0.790 both).
 """
 
 from __future__ import annotations
