@@ -23,6 +23,10 @@ def test_sizes_past_the_time_limit_or_after_an_out_of_memory_are_skipped():
     assert mil._skip_reason("mamba_mil", 10_000, mil.Row("mamba_mil", 1000, ms=2000.0), 120) is None  # 20 s
     oom = mil.Row("transmil", 10_000, skipped="out of memory", skip_kind="memory")
     assert mil._skip_reason("transmil", 100_000, oom, 120) == ("n=10000 was skipped: out of memory", "memory")
+    big = mil.Row("mamba_mil", 10_000, ms=10_000.0, peak_mb=1210.0)  # measured at 10k on the 24 GB VM
+    reason, kind = mil._skip_reason("mamba_mil", 100_000, big, 600, memory_mb=12_000)
+    assert kind == "memory" and reason.startswith("predicted peak 11.8 GB (linear from n=10000) > 80% of the 11.7 GB")
+    assert mil._skip_reason("mamba_mil", 100_000, big, 600, memory_mb=100_000) is None
 
 
 def test_the_command_measures_in_a_fresh_process(tmp_path, capsys):

@@ -129,6 +129,28 @@ def test_slow_call_and_killed_process_are_skipped(monkeypatch):
     assert row.skip_kind == "time" and row.skipped.startswith("killed after 64 s")
 
 
+def test_sizes_out_of_reach_by_linear_extrapolation_are_skipped_unrun():
+    previous = bench.Row("unet", 2, 256, ms=2_000.0, peak_mb=100.0, params=10)
+    at_512, at_2048 = bench.Case("unet", 2, 512), bench.Case("unet", 2, 2048)
+    assert bench.predicted_skip(at_512, previous, max_seconds=60, memory_mb=10_000) is None
+    reason, kind = bench.predicted_skip(at_2048, previous, max_seconds=60, memory_mb=100_000)
+    assert kind == "time" and reason.startswith("predicted 128 s per call (linear from 256x256) > --max-seconds 60")
+    reason, kind = bench.predicted_skip(at_2048, previous, max_seconds=600, memory_mb=6_000)
+    assert kind == "memory" and "predicted peak 6.2 GB" in reason and "80% of the 5.9 GB available" in reason
+    assert bench.predicted_skip(at_2048, None, 60, 1.0) is None
+    assert bench.available_memory_mb() is None or bench.available_memory_mb() > 0
+
+
+def test_a_predicted_skip_is_a_row_and_stops_the_larger_sizes(monkeypatch):
+    measured = bench.Row("segresnet", 2, 8, params=5, ms=30_000.0, peak_mb=1.0)
+    monkeypatch.setattr(bench, "measure_case", lambda case, *a, **k: measured)
+    rows = bench.measure_all(bench.plan_cases(["segresnet"], [2], {2: (8, 16, 32), 3: ()}), repeats=1,
+                             max_seconds=60, threads=1, isolate=False)
+    assert rows[0] is measured and rows[1].skip_kind == "time" and rows[1].params == 5
+    assert rows[1].skipped.startswith("predicted 120 s per call (linear from 8x8)")
+    assert rows[2].skipped.startswith("a smaller size (16x16) was skipped: predicted 120 s")
+
+
 def test_loglog_slope():
     xs = [10.0, 100.0, 1000.0, 10000.0]
     assert bench.loglog_slope(xs, [3 * x**1.2 for x in xs]) == pytest.approx(1.2)

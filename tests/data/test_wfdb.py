@@ -50,6 +50,15 @@ def test_beat_windows_and_aami_labels(tmp_path):
     check_batches(ds, batch_size=4)
 
 
+def test_normal_vs_other_groups_the_aami_classes(tmp_path):
+    record, _ = write_record(tmp_path)
+    ds = WFDBBeats([record], "train", classes="normal_vs_other", val_fraction=0, test_fraction=0)
+    assert ds.class_names == ["normal", "other"] and ds.num_classes == 2
+    # N@400 and L@2700 are AAMI N; V, A, F and / are the others; B (no AAMI class) stays out
+    assert [ds.class_names[i] for i in ds.labels.tolist()] == ["normal", "other", "other", "other", "other",
+                                                               "normal"]
+
+
 def test_symbols_leads_by_name_and_normalisation(tmp_path):
     record, signal = write_record(tmp_path)
     ds = WFDBBeats([record], leads=("V5", 0), classes="symbols", window=(10, 20), val_fraction=0, test_fraction=0)

@@ -67,7 +67,8 @@ def test_bad_overrides_and_files(tmp_path):
 
 REPO = Path(__file__).resolve().parents[2]
 REAL_DATA = {"breastmnist": "medmnist/breastmnist.npz", "ecg200": "ecg/ucr_ecg200", "drive": "drive/training",
-             "mitbih_beats": "ecg/mitdb_wfdb_sample", "duke_oct": "restoration/duke_oct_bioptigen"}
+             "mitbih_beats": "ecg/mitdb_wfdb_sample",
+             "mitbih_stream": "ecg/mitdb_wfdb_sample", "duke_oct": "restoration/duke_oct_bioptigen"}
 
 
 @pytest.mark.parametrize("name", sorted(REAL_DATA))

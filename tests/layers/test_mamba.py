@@ -73,6 +73,30 @@ def test_step_by_step_decoding_equals_full_forward(prefill):
     torch.testing.assert_close(decoded, full, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("ssm", [True, False])
+@pytest.mark.parametrize("cuts", [(0, 1, 8, 8, 23), (0, 23), (0, 5, 6, 17, 23)])
+def test_extend_over_chunks_equals_one_step_per_token(ssm, cuts):
+    # chunks of uneven sizes (1, empty, prime, longer than max_chunk) continue from a non-zero state
+    model = randomise(make(bias=True, ssm=ssm))
+    x = torch.randn(2, 23, 40)
+    by_step, by_chunk = model.allocate_inference_cache(2), model.allocate_inference_cache(2)
+    with torch.no_grad():
+        stepped = torch.cat([model.step(x[:, i:i + 1], *by_step) for i in range(23)], dim=1)
+        chunked = torch.cat([model.extend(x[:, a:b], *by_chunk, max_chunk=5)
+                             for a, b in zip(cuts[:-1], cuts[1:], strict=True)], dim=1)
+        full = model(x)
+    torch.testing.assert_close(chunked, stepped, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(chunked, full, rtol=1e-4, atol=1e-5)
+    for a, b in zip(by_chunk, by_step, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    if ssm:
+        assert by_chunk[1].abs().sum() > 0  # the state was carried, not left at zero
+    with pytest.raises(ValueError, match="max_chunk must be positive"):
+        model.extend(x, *by_chunk, max_chunk=0)
+    with pytest.raises(ValueError, match="conv_state must have shape"):
+        model.extend(x[:1], *by_chunk)
+
+
 def test_cache_shapes_and_in_place_updates():
     model = make()
     conv_state, ssm_state = model.allocate_inference_cache(3, dtype=torch.float64)

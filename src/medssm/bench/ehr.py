@@ -5,7 +5,8 @@ Each (model, length) runs in a fresh Python process (as ``bench models``): the m
 given width and depth on the PhysioNet vocabulary, fed one packed sequence of ``length`` real tokens (batch
 1, :func:`~medssm.layers.events.packed_event_input`), and, after one warm-up call, the **peak memory** of a
 forward + backward (growth of the resident set's high-water mark, glibc's mmap threshold at 64 KiB so freed
-blocks leave it; the weights and input excluded) and the **median time** of ``repeats`` calls are taken.
+blocks leave it; the weights and input excluded) and the **median time** of ``repeats`` calls, under the
+malloc setting of the process that runs the benchmark (as ``bench models``), are taken.
 
 Attention keeps (heads x L x L) scores per layer for the backward, so a transformer case whose estimate
 ``depth * heads * L^2 * 4 bytes * 3`` exceeds ``max_memory_gb`` is skipped (not run) rather than allowed to
@@ -31,7 +32,7 @@ import torch
 from ..engine.files import atomic_path, write_text_atomic
 from ..layers.events import packed_event_input
 from ..models import count_parameters, create_model, get_entry
-from .models import _MEMORY_MMAP_THRESHOLD, _mallopt, loglog_slope
+from .models import _MEMORY_MMAP_THRESHOLD, _mallopt, _restore_malloc, loglog_slope
 from .scan import memory_supported, peak_extra_memory
 
 DEFAULT_MODELS = ("ehr_mamba", "ehr_transformer")
@@ -56,8 +57,9 @@ def attention_estimate_gb(length: int, depth: int, heads: int) -> float:
 
 
 def measure(model_name: str, length: int, d_model: int, depth: int, repeats: int, max_seconds: float,
-            fresh_process: bool = False) -> Row:
-    """One case in this process; a failure or a call over ``max_seconds`` is a skipped row."""
+            fresh_process: bool = False, medssm_malloc: bool = False) -> Row:
+    """One case in this process; a failure or a call over ``max_seconds`` is a skipped row. The timed calls
+    run under the benchmarking process's malloc setting (``medssm_malloc``), not the memory measurement's."""
     row = Row(model_name, length)
     memory = fresh_process and memory_supported() and _mallopt(_MEMORY_MMAP_THRESHOLD)
     try:
@@ -76,6 +78,7 @@ def measure(model_name: str, length: int, d_model: int, depth: int, repeats: int
             raise TimeoutError(f"one call took more than --max-seconds {max_seconds:g}")
         if memory:
             row.peak_mb = peak_extra_memory(step) / 2**20
+            _restore_malloc(medssm_malloc)
         times = []
         for _ in range(repeats):
             started = time.perf_counter()
@@ -95,8 +98,11 @@ def _child_main(spec: str) -> None:
 
 def measure_in_subprocess(model_name: str, length: int, d_model: int, depth: int, repeats: int,
                           max_seconds: float, threads: int) -> Row:
+    from ..runtime import _applied
+
     spec = json.dumps({"model_name": model_name, "length": length, "d_model": d_model, "depth": depth,
-                       "repeats": repeats, "max_seconds": max_seconds, "threads": threads})
+                       "repeats": repeats, "max_seconds": max_seconds, "threads": threads,
+                       "medssm_malloc": _applied["malloc"]})
     code = "import sys; from medssm.bench.ehr import _child_main; _child_main(sys.argv[1])"
     limit = (repeats + 3) * max_seconds + 60
     try:

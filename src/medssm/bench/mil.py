@@ -13,7 +13,8 @@ one bag (1, n, 512) in training mode:
 Variants: ``abmil``, ``transmil`` (Nystrom attention, the paper's), ``transmil_exact`` (exact softmax
 attention: quadratic time), ``mamba_mil`` and ``mamba_mil_nossm`` (``ssm=False``). A size is skipped, with the
 reason in its row, when a smaller size of the variant failed for memory or time, when the smaller size's time
-extrapolated (linearly, quadratically for ``transmil_exact``) passes ``max_seconds``, or when a process dies
+extrapolated (linearly, quadratically for ``transmil_exact``) passes ``max_seconds``, when its peak memory
+extrapolated linearly passes 80% of the memory available at the start, or when a process dies
 or runs past its time limit. Per variant, the slopes of log(peak memory) and log(time) against log(n) say how
 each grows (1: linear). Results: a printed markdown table, ``mil.json`` and a log-log plot ``mil.png``.
 """
@@ -36,7 +37,14 @@ import torch.nn.functional as F
 from .. import malloc_note, openmp_spin_note
 from ..engine.files import atomic_path, write_text_atomic
 from ..models import count_parameters, create_model
-from .models import _MEMORY_MMAP_THRESHOLD, _mallopt, _restore_malloc, describe_failure, loglog_slope
+from .models import (
+    _MEMORY_MMAP_THRESHOLD,
+    _mallopt,
+    _restore_malloc,
+    available_memory_mb,
+    describe_failure,
+    loglog_slope,
+)
 from .scan import memory_supported, peak_extra_memory
 
 DEFAULT_SIZES = (1_000, 10_000, 100_000)
@@ -129,8 +137,11 @@ def measure_in_subprocess(variant: str, n: int, repeats: int, threads: int, limi
     return row
 
 
-def _skip_reason(variant: str, n: int, previous: Row | None, max_seconds: float) -> tuple[str, str] | None:
-    """Why (variant, n) is not run, given the variant's previous (smaller) row; None to run it."""
+def _skip_reason(variant: str, n: int, previous: Row | None, max_seconds: float,
+                 memory_mb: float | None = None) -> tuple[str, str] | None:
+    """Why (variant, n) is not run, given the variant's previous (smaller) row; None to run it. With
+    ``memory_mb`` (what the machine has available), a peak extrapolated linearly from the previous size over
+    80% of it is a reason too: the kernel's out-of-memory killer may otherwise pick another process."""
     if previous is None:
         return None
     if previous.skipped is not None:
@@ -143,6 +154,10 @@ def _skip_reason(variant: str, n: int, previous: Row | None, max_seconds: float)
         growth = "quadratic" if exponent == 2 else "linear"
         return (f"predicted {predicted:.0f} s per call ({growth} from n={previous.n}) > --max-seconds "
                 f"{max_seconds:g}", "time")
+    peak = None if previous.peak_mb is None else previous.peak_mb * n / previous.n
+    if memory_mb is not None and peak is not None and peak > 0.8 * memory_mb:
+        return (f"predicted peak {peak / 1024:.1f} GB (linear from n={previous.n}) > 80% of the "
+                f"{memory_mb / 1024:.1f} GB available", "memory")
     return None
 
 
@@ -150,10 +165,11 @@ def measure_all(variants: list[str], sizes: list[int], repeats: int, threads: in
                 isolate: bool = True) -> list[Row]:
     """Every variant at every size (ascending), one line printed per point."""
     rows = []
+    memory_mb = available_memory_mb()
     for variant in variants:
         previous = None
         for n in sorted(set(sizes)):
-            reason = _skip_reason(variant, n, previous, max_seconds)
+            reason = _skip_reason(variant, n, previous, max_seconds, memory_mb)
             if reason is not None:
                 row = Row(variant, n, previous.params if previous else None, skipped=reason[0], skip_kind=reason[1])
             elif isolate:

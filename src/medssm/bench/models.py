@@ -27,9 +27,13 @@ batch 8 against random class labels (64^3 by default: the 3D classifier of issue
 
 A case that fails (out of memory, any other error, a process killed or running past its time limit) is a
 row with ``skipped`` set to the reason; larger sizes of the same model and mode are then skipped too when
-the reason was memory or time. For each (model, spatial_dims) the slopes of log(peak memory) and log(time)
-against log(voxels), least-squares fits over the sizes that ran, say how each grows: a memory slope within
-1 +- 0.15 is memory linear in voxels. Results go to a printed markdown table, ``models.json`` and a log-log
+the reason was memory or time. A size is also skipped, unrun, when the time or peak memory of the largest
+smaller size that ran, extrapolated linearly in voxels, puts one call over ``max_seconds`` or the peak over
+80% of the memory available (:func:`predicted_skip`).
+
+For each (model, spatial_dims) the slopes of log(peak memory) and log(time) against log(voxels),
+least-squares fits over the sizes that ran, say how each grows: a memory slope within 1 +- 0.15 is memory
+linear in voxels. Results go to a printed markdown table, ``models.json`` and a log-log
 plot ``models.png``.
 """
 
@@ -287,24 +291,63 @@ def measure_all(cases: list[Case], repeats: int, max_seconds: float, threads: in
     size is skipped for memory or time, the larger sizes of that model, dims and mode are skipped too."""
     rows: list[Row] = []
     stopped: dict[tuple, Row] = {}
+    last: dict[tuple, Row] = {}  # the largest size that ran, per model, dims and mode
+    memory_mb = available_memory_mb()
     for case in cases:
         key = (case.model, case.spatial_dims, case.mode)
+        predicted = predicted_skip(case, last.get(key), max_seconds, memory_mb)
         if key in stopped:
             first = stopped[key]
             row = Row(case.model, case.spatial_dims, case.side, case.mode, params=first.params,
                       skipped=f"a smaller size ({_size_text(first)}) was skipped: {first.skipped}",
                       skip_kind=first.skip_kind)
+        elif predicted is not None:
+            row = Row(case.model, case.spatial_dims, case.side, case.mode, params=last[key].params,
+                      skipped=predicted[0], skip_kind=predicted[1])
         elif isolate:
             row = measure_in_subprocess(case, repeats, max_seconds, threads)
         else:
             row = measure_case(case, repeats, max_seconds)
         if row.skip_kind in ("memory", "time") and key not in stopped:
             stopped[key] = row
+        if row.skipped is None:
+            last[key] = row
         rows.append(row)
         done = (f"{row.ms:.1f} ms, peak {_cell(row.peak_mb, '.1f')} MB" if row.skipped is None
                 else f"skipped: {row.skipped}")
         print(f"  {case.model} {case.spatial_dims}D {case.mode} {_size_text(row)}: {done}", flush=True)
     return rows
+
+
+def available_memory_mb() -> float | None:
+    """The memory a new process may still take (Linux MemAvailable), in MB; None where it cannot be read."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def predicted_skip(case: Case, previous: Row | None, max_seconds: float,
+                   memory_mb: float | None) -> tuple[str, str] | None:
+    """Why ``case`` is not run, from the largest smaller size that ran (``previous``), or None to run it.
+
+    Time and peak memory are extrapolated linearly in voxels, a lower bound for every model here (none is
+    sub-linear), so a case is only skipped when even that bound is out of reach: one call over
+    ``max_seconds``, or a peak over 80% of the memory available when the run started."""
+    if previous is None or previous.ms is None:
+        return None
+    ratio = case.voxels / previous.voxels
+    seconds = previous.ms / 1e3 * ratio
+    if seconds > max_seconds:
+        return (f"predicted {seconds:.0f} s per call (linear from {_size_text(previous)}) > --max-seconds "
+                f"{max_seconds:g}", "time")
+    if memory_mb is not None and previous.peak_mb is not None and previous.peak_mb * ratio > 0.8 * memory_mb:
+        return (f"predicted peak {previous.peak_mb * ratio / 1024:.1f} GB (linear from {_size_text(previous)}) > "
+                f"80% of the {memory_mb / 1024:.1f} GB available", "memory")
+    return None
 
 
 def loglog_slope(xs: list[float], ys: list[float]) -> float | None:

@@ -43,8 +43,9 @@ class WFDBBeats(Dataset):
         split: "train", "val" or "test". window: (samples before, samples after) the R peak; the default
             (90, 170) is 0.25 s / 0.47 s at MIT-BIH's 360 Hz. Beats whose window runs off the record are skipped.
         leads: signal indices or names (e.g. "MLII") to keep, in that order.
-        classes: "aami" (N, S, V, F, Q), "symbols" (the beat symbols found, sorted), or an explicit list of
-            beat symbols (beats with other symbols are skipped).
+        classes: "aami" (N, S, V, F, Q), "normal_vs_other" (AAMI N against the beats of S, V, F and Q),
+            "symbols" (the beat symbols found, sorted), or an explicit list of beat symbols (beats with other
+            symbols are skipped).
         val_fraction, test_fraction, seed: the per-beat split when ``split_records`` is not given.
         split_records: {"train": [...], "val": [...], "test": [...]} record lists for inter-patient splits.
         normalize: z-score each window per lead (std floored at 1e-6), removing baseline and gain differences.
@@ -167,10 +168,14 @@ class WFDBBeats(Dataset):
         if classes == "aami":
             self._symbol_map: dict[str, str] = dict(SYMBOL_TO_AAMI)
             return list(AAMI_CLASSES)
+        if classes == "normal_vs_other":
+            self._symbol_map = {s: "normal" if c == "N" else "other" for s, c in SYMBOL_TO_AAMI.items()}
+            return ["normal", "other"]
         if classes == "symbols":
             found = sorted({s for _, symbols, _ in beats.values() for s in symbols})
         elif isinstance(classes, str):
-            raise ValueError(f"classes must be 'aami', 'symbols' or a list of beat symbols, got {classes!r}")
+            raise ValueError(f"classes must be 'aami', 'normal_vs_other', 'symbols' or a list of beat symbols, "
+                             f"got {classes!r}")
         else:
             found = list(classes)
             unknown = [s for s in found if s not in BEAT_SYMBOLS]

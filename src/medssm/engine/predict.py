@@ -236,6 +236,10 @@ def predict_checkpoint(checkpoint: CheckpointPaths, input: str | Path, output: s
             raise ValueError(f"predict on bags takes one checkpoint (instance scores do not average), got "
                              f"{len(predictor)}")
         return predict_bags(predictor.models[0], meta, input, output, overwrite=overwrite, device=device)
+    if task == "events":  # ICU stays: one probability a stay in predictions.csv (engine/predict_events.py)
+        from .predict_events import predict_stays
+
+        return predict_stays(predictor, input, output, overwrite=overwrite, device=device)
     spatial_dims = meta["model_args"]["spatial_dims"]
     in_channels = meta["model_args"]["in_channels"]
     transform = eval_transforms(task, spatial_dims, modality=config.transforms.modality)

@@ -253,5 +253,54 @@ class Mamba(RecurrentMixer):
                                    dt_softplus=True)
         return self.out_proj(y).unsqueeze(1)
 
+    @torch.no_grad()
+    def extend(self, x: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor,
+               max_chunk: int = 256) -> torch.Tensor:
+        """Continue a cached sequence by a chunk of tokens at once, updating both caches in place: the same
+        outputs and caches as ``x.shape[1]`` calls of :meth:`step` (to fp32 rounding), at the cost of the
+        parallel scan instead of one Python step per token (inference only).
+
+        The scan runs from a zero state and the cached state's contribution is added in closed form,
+        y_t += <C_t, exp(A * sum_{s<=t} delta_s) h0>; chunks longer than ``max_chunk`` tokens are split so
+        that memory does not grow with the chunk (the closed form holds (batch, d_inner, max_chunk, d_state)).
+
+        Args:
+            x: (batch, T, d_model), T >= 0.
+            conv_state: (batch, d_inner, d_conv). ssm_state: (batch, d_inner, d_state).
+
+        Returns:
+            (batch, T, d_model).
+        """
+        if max_chunk < 1:
+            raise ValueError(f"max_chunk must be positive, got {max_chunk}")
+        if x.dim() == 3 and x.shape[1] == 0 and x.shape[2] == self.d_model:
+            return x.clone()  # an empty chunk changes nothing
+        check_input(x, self.d_model)
+        self._check_cache(conv_state, ssm_state, x.shape[0])
+        return torch.cat([self._extend_chunk(part, conv_state, ssm_state) for part in x.split(max_chunk, dim=1)],
+                         dim=1)
+
+    def _extend_chunk(self, x: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor) -> torch.Tensor:
+        x_in, z = self.in_proj(x).transpose(1, 2).chunk(2, dim=1)  # (batch, d_inner, T) each
+        # conv_state holds the d_conv inputs before this chunk; step's window for token j ends at token j.
+        window = torch.cat((conv_state.to(x_in.dtype), x_in), dim=-1)
+        conv_state.copy_(window[..., -self.d_conv:])
+        u = F.silu(F.conv1d(window[..., 1:], self.conv1d.weight, self.conv1d.bias, groups=self.d_inner))
+        if not self.ssm:
+            return self.out_proj((u * F.silu(z)).transpose(1, 2))
+        u = u.float()
+        dt, B, C = self.x_proj(u.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = (dt @ self.dt_proj.weight.t()).transpose(1, 2)  # (batch, d_inner, T)
+        A = -torch.exp(self.A_log.float())
+        B, C = B.transpose(1, 2).float(), C.transpose(1, 2).float()  # (batch, d_state, T)
+        y, last = selective_scan(u, dt, A, B, C, self.D.float(), delta_bias=self.dt_proj.bias.float(),
+                                 delta_softplus=True, return_last_state=True, backend=self.scan_backend)
+        delta = F.softplus(dt.float() + self.dt_proj.bias.float()[:, None])
+        decay = torch.exp(delta.cumsum(-1)[..., None] * A[:, None, :])  # (batch, d_inner, T, d_state)
+        carried = decay * ssm_state[:, :, None, :]
+        y = y + torch.einsum("bdtn,bnt->bdt", carried, C)
+        ssm_state.copy_(last + carried[:, :, -1])
+        return self.out_proj((y * F.silu(z.float())).to(x.dtype).transpose(1, 2))
+
     def _ssm_state_shape(self) -> tuple[int, ...]:
         return (self.d_inner, self.d_state)

@@ -24,7 +24,8 @@ Streaming (causal only, eval mode): :meth:`ECGMamba.stream` takes a long signal 
 sizes) and yields the logits of the windows each chunk completes, equal to :meth:`window_logits` of the whole
 signal. Memory is constant: per stem conv a rolling buffer of fewer than k + stride samples, per Mamba layer
 the (conv_state, ssm_state) caches of ``Mamba.step`` and a running sum for the current window
-(:class:`StreamState`); tokens are decoded one by one through ``Mamba.step``.
+(:class:`StreamState`); each chunk's tokens go through ``Mamba.extend`` (the parallel scan continued from the
+cached state, equal to one ``Mamba.step`` per token).
 
 Not a published architecture as such: it follows the ECG-Mamba family's recipe (a convolutional stem over the
 raw signal, then Mamba layers; e.g. Zhang et al. 2024's bidirectional Mamba for ECG, arXiv:2406.10098)
@@ -101,6 +102,10 @@ class CausalMambaBlock(nn.Module):
     def step(self, t: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """t (batch, 1, dim) -> (batch, 1, dim), advancing ``cache`` (Mamba's conv_state, ssm_state) in place."""
         return t + self.mixer.step(self.norm(t), *cache)
+
+    def extend(self, t: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """t (batch, T, dim) -> (batch, T, dim): T calls of :meth:`step` at once (``Mamba.extend``)."""
+        return t + self.mixer.extend(self.norm(t), *cache)
 
 
 @dataclass
@@ -223,13 +228,16 @@ class ECGMamba(nn.Module):
         x = chunk.to(state.window_sum.dtype)
         for i, conv in enumerate(self.stem):
             x, state.buffers[i] = conv.stream(state.buffers[i], x)
-        done = []
-        for position in range(x.shape[-1]):
-            t = x[:, :, position].unsqueeze(1)  # (batch, 1, d_model)
-            for block, cache in zip(self.blocks, state.caches, strict=True):
-                t = block.step(t, cache)
-            state.window_sum += self.norm_f(t[:, 0])
-            state.window_tokens += 1
+        t = x.transpose(1, 2)  # (batch, m, d_model): the tokens this chunk completes
+        for block, cache in zip(self.blocks, state.caches, strict=True):
+            t = block.extend(t, cache)
+        t = self.norm_f(t)
+        done, start = [], 0
+        while start < t.shape[1]:  # split the chunk's tokens at window boundaries
+            take = min(state.tokens_per_window - state.window_tokens, t.shape[1] - start)
+            state.window_sum += t[:, start:start + take].sum(1)
+            state.window_tokens += take
+            start += take
             if state.window_tokens == state.tokens_per_window:
                 done.append(self.head(state.window_sum / state.window_tokens))
                 state.window_sum.zero_()

@@ -5,10 +5,12 @@ CEHR-BERT / BigBird transformers; GRU-based models such as GRU-D are the usual I
 Both share :class:`~medssm.models.ehr_mamba.EventSequenceModel`'s embedding, pooling and heads, so that a
 comparison changes only the sequence mixer:
 
-- ``ehr_gru``: a ``depth``-layer GRU (causal), pooled at the last real token by default.
+- ``ehr_gru``: a ``depth``-layer GRU (causal), pooled by the mean over the real tokens by default (as
+  ``ehr_mamba``; ``pooling="last"`` reads its final state).
 - ``ehr_transformer``: sinusoidal positions added to the embeddings, then a pre-norm TransformerEncoder
   (GELU, 4x feed-forward) with a key-padding mask (and a causal mask with ``causal=True``), pooled by the
-  mean over the real tokens by default. Attention memory grows as L^2 (``medssm bench ehr`` measures it).
+  mean over the real tokens by default (as the others). Attention memory grows as L^2 (``medssm bench ehr``
+  measures it).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ class EHRGRU(EventSequenceModel):
     d_model, dropout between them; other arguments as :class:`~medssm.models.ehr_mamba.EHRMamba`."""
 
     def __init__(self, in_channels: int = PHYSIONET2012_VOCAB, out_channels: int = 2, d_model: int = 128,
-                 depth: int = 2, time_dim: int = 32, use_values: bool = False, pooling: str = "last",
+                 depth: int = 2, time_dim: int = 32, use_values: bool = False, pooling: str = "mean",
                  dropout: float = 0.1, tasks: dict[str, int] | None = None) -> None:
         super().__init__(in_channels, out_channels, d_model, time_dim, use_values, pooling, dropout, tasks)
         if depth < 1:

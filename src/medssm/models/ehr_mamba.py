@@ -1,10 +1,11 @@
 """EHRMamba (Fallahpour et al. 2024, "EHRMamba: Towards Generalizable and Scalable Foundation Models for
 Electronic Health Records", arXiv 2405.14567; VectorInstitute/odyssey): a Mamba stack over a patient's coded
-events, pooled at the last real token, with one classification head per task.
+events, pooled by the mean over the real tokens, with one classification head per task.
 
 Data flow: packed tokens (batch, L, 4) -> :class:`~medssm.layers.events.EventEmbedding` (code, time, type,
 optional value) -> ``depth`` pre-norm residual Mamba layers (x + Mamba(LayerNorm(x)), mamba_ssm's Block) ->
-final LayerNorm -> pooling (EHRMamba's last real token, or the mean) -> heads. ``forward`` returns the main
+final LayerNorm -> pooling (the mean over the real tokens by default; EHRMamba's last real token with
+``pooling="last"``) -> heads. ``forward`` returns the main
 head's logits (batch, out_channels), what the training engine takes; ``forward_tasks`` returns every head's
 output, and :func:`multitask_loss` is the loss for training them together (the engine trains the main head
 only; several tasks at once are trained by calling these two directly).
@@ -15,6 +16,16 @@ parameters) in place of Hugging Face's MambaModel, LayerNorm instead of RMSNorm,
 to every sample (odyssey's multi-head model picks one head per sample through task tokens). Trailing
 padding is trimmed per batch before the stack, which changes nothing for the real tokens of a causal model.
 ``ssm=False`` removes the selective scan from every layer (the gated-CNN control).
+
+Pooling (a change from EHRMamba, which reads the last token): the default is the mean over the real
+tokens, for every event model (``ehr_gru``, ``ehr_transformer`` too). Measured on PhysioNet 2012
+(validation AUROC, d_model 64, depth 2, lr 1e-3): last-token pooling learnt little (0.60 -> 0.63 over 6
+epochs, and the same with ``ssm=False``, whose receptive field at the last token is only ~2 * (d_conv - 1)
+tokens: the selective scan was not carrying the stay's earlier events to the last token in so few steps),
+mean pooling reached 0.76 in 3 epochs and 0.79 in the 6-epoch recipe (set-b test AUROC 0.788, from
+0.636); the tokens themselves are informative (a logistic regression on per-stay code counts: 0.83; the
+embedding mean-pooled with no sequence model: 0.79). Mean pooling also makes ``ssm=False`` a fair control:
+it answers whether the scan adds to the same local features (at this size it did not: val 0.790 both).
 """
 
 from __future__ import annotations
@@ -99,7 +110,7 @@ class EHRMamba(EventSequenceModel):
 
     def __init__(self, in_channels: int = PHYSIONET2012_VOCAB, out_channels: int = 2, d_model: int = 128,
                  depth: int = 4, d_state: int = 16, d_conv: int = 4, expand: float = 2, time_dim: int = 32,
-                 use_values: bool = False, pooling: str = "last", dropout: float = 0.1,
+                 use_values: bool = False, pooling: str = "mean", dropout: float = 0.1,
                  tasks: dict[str, int] | None = None, ssm: bool = True, scan_backend: str = "auto") -> None:
         super().__init__(in_channels, out_channels, d_model, time_dim, use_values, pooling, dropout, tasks)
         if depth < 1:
@@ -144,7 +155,7 @@ _INPUT = {None: (256,)}
 
 @register_model("events", spatial_dims=(), input_size=_INPUT, example_input=packed_event_input)
 def ehr_mamba(in_channels: int = PHYSIONET2012_VOCAB, out_channels: int = 2, **kwargs) -> nn.Module:
-    """EHRMamba (Fallahpour et al. 2024): event tokens -> Mamba layers -> last-token pooled heads."""
+    """EHRMamba (Fallahpour et al. 2024): event tokens -> Mamba layers -> mean-pooled heads."""
     return EHRMamba(in_channels, out_channels, **kwargs)
 
 

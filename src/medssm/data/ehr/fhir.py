@@ -188,6 +188,15 @@ def read_fhir_folder(folder: str | Path, counts: Counter | None = None,
     return read_fhir_resources((r for path in files for r in _resources_in_file(path)), counts, mapping)
 
 
+def read_fhir_file(path: str | Path, counts: Counter | None = None,
+                   mapping: dict[str, Any] | None = None) -> list[Stay]:
+    """Every stay in one FHIR file: a Bundle or a resource (.json), or an NDJSON export (.ndjson)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such FHIR file")
+    return read_fhir_resources(_resources_in_file(path), counts, mapping)
+
+
 def _patient_key(reference: str | None) -> str | None:
     return reference.split("/", 1)[1] if reference and reference.startswith("Patient/") else None
 
