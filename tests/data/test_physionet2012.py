@@ -148,3 +148,11 @@ def test_real_splits_hold_every_stay():
     assert len(test) == 4000 and int(test.labels.sum()) == 568
     train, val = PhysioNet2012(REAL, "train", max_length=64), PhysioNet2012(REAL, "val", max_length=64)
     assert len(train) + len(val) == 4000 and int(train.labels.sum() + val.labels.sum()) == 554
+
+
+def test_target_table_is_every_items_targets(challenge):
+    data = PhysioNet2012(challenge, "test", max_length=48)
+    table = data.target_table()
+    items = torch.stack([data[i]["targets"] for i in range(len(data))])
+    torch.testing.assert_close(table, items, equal_nan=True)
+    assert torch.isnan(table).any() and data.target_names == ("death", "los", "saps", "sofa")  # -1 read as NaN

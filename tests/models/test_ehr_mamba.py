@@ -44,6 +44,11 @@ def test_task_heads_and_the_multitask_loss():
     model = _model(tasks={"los": 1, "sofa_high": 2}).train()
     x = packed_event_input(4, 60, (16,))
     outputs = model.forward_tasks(x)
+    model.eval()  # dropout off: forward(all_heads=True) is forward_tasks, forward the main head
+    for name, value in model(x, all_heads=True).items():
+        torch.testing.assert_close(value, model.forward_tasks(x)[name])
+    torch.testing.assert_close(model(x), model.forward_tasks(x)["main"])
+    model.train()
     assert outputs["main"].shape == (4, 2) and outputs["los"].shape == (4, 1) and outputs["sofa_high"].shape == (4, 2)
     death = torch.tensor([0, 1, 0, 1])
     los = torch.tensor([3.0, float("nan"), 10.0, 5.0])

@@ -116,6 +116,8 @@ class TrainConfig:
             hd95); auto: the task's (dice, auc, auc, psnr).
         num_workers: DataLoader worker processes (results do not depend on it).
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:<index>``; ``--device`` overrides it.
+        task_weights: loss weight of each extra head of ``model.args.tasks`` (event models, e.g. ``{los:
+            0.5}``); unnamed heads weigh 1 (see engine/multitask.py). null: every head weighs 1.
     """
     max_steps: int | None = None  # the run length in optimizer steps; or give epochs
     epochs: int | None = None
@@ -140,6 +142,7 @@ class TrainConfig:
     select_metric: str = "auto"  # the validation metric that picks the best checkpoint; auto: the task's
     num_workers: int = 0
     device: str = "auto"  # auto | cpu | cuda
+    task_weights: dict[str, float] | None = None  # extra heads' loss weights (model.args.tasks); default 1
 
 
 @dataclass
@@ -262,6 +265,9 @@ def _validate(config: Config, source: str) -> None:
     if train.amp not in AMP_MODES:
         raise ValueError(f"{source}: train.amp must be one of {AMP_MODES}, got {train.amp!r}")
     _validate_imbalance(train, source)
+    for head, weight in (train.task_weights or {}).items():
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight < float("inf"):
+            raise ValueError(f"{source}: train.task_weights[{head!r}] must be a non-negative number, got {weight!r}")
     if config.transforms.modality not in MODALITIES:
         raise ValueError(f"{source}: transforms.modality must be one of {MODALITIES}, "
                          f"got {config.transforms.modality!r}")

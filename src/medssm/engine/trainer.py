@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, default_collate
 from tqdm.auto import tqdm
 
 from ..models import create_model
-from .checkpoint import capture_train_state, load_weights, restore_train_state, save_checkpoint
+from .checkpoint import capture_train_state, load_weights, read_meta, restore_train_state, save_checkpoint
 from .config import Config, save_config
 from .distributed import (
     DistInfo,
@@ -46,6 +46,7 @@ from .folds import save_or_check_splits, split_record
 from .imbalance import make_train_sampler, resolve_class_weights
 from .inference import infer
 from .metrics import Metrics, higher_is_better, selection_metric
+from .multitask import MultiTask, setup_multitask
 from .report import plot_curves
 from .setup import (
     SeededTransformDataset,
@@ -174,6 +175,7 @@ class _Run:
     log: RunLog
     meta: dict[str, Any]  # the checkpoint metadata every save shares
     counters: dict[str, Any]
+    multitask: MultiTask | None = None  # extra heads trained with the main one (engine/multitask.py)
 
     @property
     def last_dir(self) -> Path:
@@ -231,6 +233,9 @@ def _setup_run(config: Config, out_dir: Path, resume: bool, device: torch.device
             "versions": versions(), "class_weights": class_weights}
     if hasattr(train_set, "tokenizer"):  # event tokens: the training split's bins, reused by evaluate
         meta["data"]["tokenizer"] = train_set.tokenizer.to_dict()
+    multitask = setup_multitask(model_args.get("tasks"), tc.task_weights, train_set)
+    if multitask is not None:  # the training split's target standardisation travels with the weights
+        meta["multitask"] = multitask.to_dict()
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tc.amp)
     loss_fn = make_loss(tc.loss, task, class_weights).to(device)
     run = _Run(config=config, out_dir=out_dir, info=info, device=device, task=task,
@@ -243,7 +248,8 @@ def _setup_run(config: Config, out_dir: Path, resume: bool, device: torch.device
                metric=selection_metric(tc.select_metric, task),
                log=RunLog(out_dir / "log.jsonl", info), meta=meta,
                counters={"step": 0, "epoch": 0, "batch_in_epoch": 0, "best": None, "best_step": None,
-                         "bad_validations": 0, "last_val": None})
+                         "bad_validations": 0, "last_val": None},
+               multitask=multitask)
     if resume:
         _restore(run)
     return run
@@ -254,6 +260,9 @@ def _restore(run: _Run) -> None:
     run.model.load_state_dict(load_weights(run.last_dir), strict=True)
     run.counters = restore_train_state(run.last_dir, run.optimizer, run.scheduler, run.scaler)
     run.log.load(run.counters["step"])
+    saved = read_meta(run.last_dir).get("multitask")
+    if run.multitask is not None and saved is not None:  # the standardisation the run started with
+        run.multitask, run.meta["multitask"] = MultiTask.from_dict(saved), saved
     logger.info("resumed %s at step %d (epoch %d, batch %d)", run.out_dir, run.counters["step"],
                 run.counters["epoch"], run.counters["batch_in_epoch"])
 
@@ -342,8 +351,13 @@ def _micro_loss(run: _Run, batch: dict[str, Any]) -> torch.Tensor:
     device = run.device
     image, label = batch["image"].to(device), batch["label"].to(device)
     with torch.autocast(device.type, dtype=run.amp_dtype or torch.float32, enabled=run.amp_dtype is not None):
-        output = run.train_model(image)
+        output = run.train_model(image) if run.multitask is None else run.train_model(image, all_heads=True)
+    heads = None
+    if run.multitask is not None:
+        heads, output = {k: v.float() for k, v in output.items() if k != "main"}, output["main"]
     loss = run.loss_fn(output.float(), label.float() if run.task in FLOAT_TARGET_TASKS else label)
+    if heads is not None:
+        loss = loss + run.multitask.loss(heads, batch["targets"].to(device))
     if not torch.isfinite(loss):
         raise FloatingPointError(f"loss is {loss.item()} at step {run.counters['step'] + 1}")
     return loss

@@ -6,9 +6,10 @@ Data flow: packed tokens (batch, L, 4) -> :class:`~medssm.layers.events.EventEmb
 optional value) -> ``depth`` pre-norm residual Mamba layers (x + Mamba(LayerNorm(x)), mamba_ssm's Block) ->
 final LayerNorm -> pooling (the mean over the real tokens by default; EHRMamba's last real token with
 ``pooling="last"``) -> heads. ``forward`` returns the main
-head's logits (batch, out_channels), what the training engine takes; ``forward_tasks`` returns every head's
-output, and :func:`multitask_loss` is the loss for training them together (the engine trains the main head
-only; several tasks at once are trained by calling these two directly).
+head's logits (batch, out_channels), what inference takes; ``forward(tokens, all_heads=True)`` (or
+``forward_tasks``) returns every head's output, and :func:`multitask_loss` is the loss for training them
+together. The training engine trains the extra heads with the main one when ``model.args.tasks`` is set
+(see :mod:`medssm.engine.multitask`).
 
 Differences from the released code: no pretraining (odyssey pretrains with next-token prediction and then
 fine-tunes; here the model is trained for the task from scratch), medssm's ``Mamba`` mixer (mamba_ssm's
@@ -90,8 +91,11 @@ class EventSequenceModel(nn.Module):
         hidden = self.norm_f(self.backbone(self.embed(tokens, mask), mask))
         return pool(hidden, mask, self.pooling)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(batch, L, 4) -> main logits (batch, out_channels)."""
+    def forward(self, tokens: torch.Tensor, all_heads: bool = False) -> torch.Tensor | dict[str, torch.Tensor]:
+        """(batch, L, 4) -> main logits (batch, out_channels); ``all_heads``: :meth:`forward_tasks`'s dict
+        (through ``forward`` so that a DistributedDataParallel wrapper sees the call)."""
+        if all_heads:
+            return self.forward_tasks(tokens)
         return self.head(self.features(tokens))
 
     def forward_tasks(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -22,6 +22,8 @@ always a ValueError naming the file and line.
 Items: {"image": float32 (max_length, 4) tokens (code, type, hours, value; see :mod:`.tokens`), "mask": bool
 (max_length,) real tokens, "label": int64 in-hospital death, "targets": float32 (4,) (in-hospital death,
 length of stay in days, SAPS-I, SOFA; NaN = missing) for multi-task heads, "name": the RecordID}.
+``target_names`` gives the short names of those columns ("death", "los", "saps", "sofa"), which
+``model.args.tasks`` uses as head names, and :meth:`PhysioNet2012.target_table` all rows at once.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ logger = logging.getLogger(__name__)
 
 OUTCOME_COLUMNS = ("RecordID", "SAPS-I", "SOFA", "Length_of_stay", "Survival", "In-hospital_death")
 TARGETS = ("In-hospital_death", "Length_of_stay", "SAPS-I", "SOFA")  # the order of item["targets"]
+TARGET_NAMES = ("death", "los", "saps", "sofa")  # short names of TARGETS: the heads of model.args.tasks
 FORMATS = ("csv", "fhir")
 
 
@@ -175,6 +178,7 @@ class PhysioNet2012(Dataset):
     task = "events"
     spatial_dims = None
     num_classes = 2
+    target_names = TARGET_NAMES
 
     def __init__(self, root: str | Path, split: str = "train", format: str = "csv", max_length: int = 1024,
                  num_bins: int = 10, tokenizer: str | Path | dict | None = None, train_set: str = "set-a",
@@ -215,6 +219,11 @@ class PhysioNet2012(Dataset):
 
     def __len__(self) -> int:
         return len(self.stays)
+
+    def target_table(self) -> torch.Tensor:
+        """(stays, 4) float32: every item's "targets" (NaN = missing), without tokenising the stays."""
+        return torch.tensor([[self.outcomes[c][k] for k in TARGETS] for c in self.cases],
+                            dtype=torch.float32).reshape(len(self.cases), len(TARGETS))
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         stay = self.stays[index]
