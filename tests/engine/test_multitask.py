@@ -17,7 +17,7 @@ from medssm.data.ehr.synthetic import write_synthetic_challenge
 from medssm.engine import trainer
 from medssm.engine.checkpoint import load_model, load_weights, read_meta
 from medssm.engine.config import load_config
-from medssm.engine.multitask import MultiTask, setup_multitask
+from medssm.engine.multitask import MultiTask, regression_errors, setup_multitask
 from medssm.models import create_model
 
 FAST = ["model.args.d_model=16", "model.args.depth=1", "data.args.max_length=48", "train.batch_size=8",
@@ -58,6 +58,17 @@ def test_cli_trains_the_extra_heads_and_saves_the_training_split_standardisation
     assert main(["evaluate", "--checkpoint", str(run), "--out", str(tmp_path / "eval")]) == 0
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())["metrics"]
     assert {"auc", "auprc", "brier"} <= set(metrics)
+    multitask, val = MultiTask.from_dict(meta["multitask"]), PhysioNet2012(challenge, "val", max_length=48)
+    errors = regression_errors(model, val, multitask, batch_size=3)
+    items = [val[i] for i in range(len(val))]
+    with torch.no_grad():
+        outputs = model(torch.stack([item["image"] for item in items]), all_heads=True)
+    targets = torch.stack([item["targets"] for item in items])
+    for name, column in multitask.columns.items():  # by hand, in days and points
+        mean, std = multitask.scales[name]
+        known = ~torch.isnan(targets[:, column])
+        expected = (outputs[name][known, 0] * std + mean - targets[known, column]).abs().mean()
+        assert errors[f"mae_{name}"] == pytest.approx(expected.item(), rel=1e-5)
 
 
 def test_the_loss_is_the_main_loss_plus_weighted_masked_head_terms_and_reaches_every_head():

@@ -97,3 +97,23 @@ def setup_multitask(tasks: dict[str, int] | None, weights: dict[str, float] | No
         std = float(known.std())
         scales[name] = (float(known.mean()), std if std > 0 and math.isfinite(std) else 1.0)
     return MultiTask(columns, scales, {name: float(weights.get(name, 1.0)) for name in tasks})
+
+
+@torch.no_grad()
+def regression_errors(model: torch.nn.Module, dataset: Any, multitask: MultiTask, batch_size: int = 32,
+                      device: str | torch.device = "cpu") -> dict[str, float]:
+    """{"mae_<head>": mean absolute error in the target's own units} of each regression head over the
+    samples of ``dataset`` whose target is known (NaN when none is); predictions are de-standardised with
+    the checkpoint's ``multitask`` scales. For a report next to the main task's metrics."""
+    model = model.to(device).eval()
+    errors: dict[str, list[torch.Tensor]] = {name: [] for name in multitask.scales}
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    for batch in loader:
+        outputs = model(batch["image"].to(device), all_heads=True)
+        for name, (mean, std) in multitask.scales.items():
+            target = batch["targets"][:, multitask.columns[name]].double()
+            predicted = outputs[name][:, 0].double().cpu() * std + mean
+            known = ~torch.isnan(target)
+            errors[name].append((predicted[known] - target[known]).abs())
+    return {f"mae_{name}": float(torch.cat(parts).mean()) if sum(len(p) for p in parts) else math.nan
+            for name, parts in errors.items()}
