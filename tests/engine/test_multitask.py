@@ -69,6 +69,11 @@ def test_cli_trains_the_extra_heads_and_saves_the_training_split_standardisation
         known = ~torch.isnan(targets[:, column])
         expected = (outputs[name][known, 0] * std + mean - targets[known, column]).abs().mean()
         assert errors[f"mae_{name}"] == pytest.approx(expected.item(), rel=1e-5)
+    # medssm evaluate reports the same errors beside the main task's metrics
+    assert main(["evaluate", "--checkpoint", str(run), "--split", "val", "--out", str(tmp_path / "eval_val")]) == 0
+    reported = json.loads((tmp_path / "eval_val" / "metrics.json").read_text())["metrics"]
+    for name in ("los", "saps", "sofa"):
+        assert reported[f"mae_{name}"] == pytest.approx(errors[f"mae_{name}"], rel=1e-5)
 
 
 def test_the_loss_is_the_main_loss_plus_weighted_masked_head_terms_and_reaches_every_head():

@@ -114,6 +114,11 @@ def evaluate(checkpoint: CheckpointPaths | None, out_dir: str | Path, split: str
             examples["predictions"].append(prediction[0])
             names.append(name)
     metrics = total.compute()
+    if "multitask" in meta and len(predictor.models) == 1:  # event models' extra heads: MAE in their units
+        from .multitask import MultiTask, regression_errors
+
+        metrics.update(regression_errors(predictor.models[0], dataset, MultiTask.from_dict(meta["multitask"]),
+                                         config.train.batch_size, device))
     if task in SINGLE_LABEL_TASKS:
         prob, label = torch.cat(vectors["prob"]), torch.cat(vectors["label"]).long().flatten()
         metrics.update(per_class_classification(prob, label))
