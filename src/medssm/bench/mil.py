@@ -44,6 +44,7 @@ from .models import (
     available_memory_mb,
     describe_failure,
     loglog_slope,
+    predicted_memory_skip,
 )
 from .scan import memory_supported, peak_extra_memory
 
@@ -154,11 +155,7 @@ def _skip_reason(variant: str, n: int, previous: Row | None, max_seconds: float,
         growth = "quadratic" if exponent == 2 else "linear"
         return (f"predicted {predicted:.0f} s per call ({growth} from n={previous.n}) > --max-seconds "
                 f"{max_seconds:g}", "time")
-    peak = None if previous.peak_mb is None else previous.peak_mb * n / previous.n
-    if memory_mb is not None and peak is not None and peak > 0.8 * memory_mb:
-        return (f"predicted peak {peak / 1024:.1f} GB (linear from n={previous.n}) > 80% of the "
-                f"{memory_mb / 1024:.1f} GB available", "memory")
-    return None
+    return predicted_memory_skip(previous.peak_mb, n / previous.n, memory_mb, f"n={previous.n}")
 
 
 def measure_all(variants: list[str], sizes: list[int], repeats: int, threads: int, max_seconds: float,

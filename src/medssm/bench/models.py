@@ -344,10 +344,17 @@ def predicted_skip(case: Case, previous: Row | None, max_seconds: float,
     if seconds > max_seconds:
         return (f"predicted {seconds:.0f} s per call (linear from {_size_text(previous)}) > --max-seconds "
                 f"{max_seconds:g}", "time")
-    if memory_mb is not None and previous.peak_mb is not None and previous.peak_mb * ratio > 0.8 * memory_mb:
-        return (f"predicted peak {previous.peak_mb * ratio / 1024:.1f} GB (linear from {_size_text(previous)}) > "
-                f"80% of the {memory_mb / 1024:.1f} GB available", "memory")
-    return None
+    return predicted_memory_skip(previous.peak_mb, ratio, memory_mb, _size_text(previous))
+
+
+def predicted_memory_skip(peak_mb: float | None, ratio: float, memory_mb: float | None,
+                          source: str) -> tuple[str, str] | None:
+    """The memory reason to skip a size ``ratio`` times one whose peak was ``peak_mb`` (measured at ``source``):
+    the peak extrapolated linearly over 80% of ``memory_mb`` available, or None. Shared by ``bench mil``."""
+    if memory_mb is None or peak_mb is None or peak_mb * ratio <= 0.8 * memory_mb:
+        return None
+    return (f"predicted peak {peak_mb * ratio / 1024:.1f} GB (linear from {source}) > 80% of the "
+            f"{memory_mb / 1024:.1f} GB available", "memory")
 
 
 def loglog_slope(xs: list[float], ys: list[float]) -> float | None:
