@@ -455,8 +455,8 @@ def _add_bench_mil(bench_sub: argparse._SubParsersAction) -> None:
                     "features and the growth of the resident-set high-water mark during one; mil.json and mil.png "
                     "in --out.")
     mi.add_argument("--model", action="append", choices=["abmil", "transmil", "transmil_exact", "mamba_mil",
-                                                         "mamba_mil_nossm"],
-                    help="repeatable; default: all five")
+                                                         "mamba_mil_nossm", "mamba_mil_ckpt"],
+                    help="repeatable; default: all six")
     mi.add_argument("--sizes", type=_sides, default=None, help="instances per bag, e.g. 1000,10000 "
                                                               "(default 1000,10000,100000)")
     mi.add_argument("--repeats", type=int, default=3, help="timed calls per point (median), after one warm-up")

@@ -10,6 +10,39 @@ from medssm.layers import Mamba
 from medssm.layers.sr_mamba import SRMamba, reorder, restore
 
 
+def _old_forward(mixer: SRMamba, x: torch.Tensor) -> torch.Tensor:
+    """SRMamba's forward before the reordering moved to the rows of in_proj's output: each of x and z padded,
+    reordered and copied as (batch, d_inner, L), by the reference reorder written out with pad and views."""
+    def old_reorder(t, rate):
+        groups = -(-t.shape[-1] // rate)
+        t = torch.nn.functional.pad(t, (0, groups * rate - t.shape[-1]))
+        return t.unflatten(-1, (groups, rate)).transpose(-1, -2).flatten(-2)
+
+    def old_restore(t, rate, length):
+        return t.unflatten(-1, (rate, t.shape[-1] // rate)).transpose(-1, -2).flatten(-2)[..., :length]
+
+    u, z = mixer.in_proj(x).transpose(1, 2).chunk(2, dim=1)
+    ordered, reordered = mixer._branch_parameters()
+    y = mixer.scan_branch(u, z, *ordered)
+    y_r = mixer.scan_branch(old_reorder(u, mixer.rate), old_reorder(z, mixer.rate), *reordered)
+    return mixer.out_proj((y + old_restore(y_r, mixer.rate, x.shape[1])).transpose(1, 2))
+
+
+@pytest.mark.parametrize("ssm", [True, False])
+def test_sr_mamba_gives_the_outputs_and_gradients_of_the_pad_and_copy_reordering(ssm):
+    """The one-copy reordering of xz's rows (with the "cpu" conv and scan kernels reading it in place) gives
+    the same outputs, bit for bit, and the same gradients as reordering padded (batch, d_inner, L) copies."""
+    torch.manual_seed(0)
+    mixer = SRMamba(16, rate=3, d_state=4, ssm=ssm)
+    x = torch.randn(2, 71, 16, requires_grad=True)
+    new, old = mixer(x), _old_forward(mixer, x)
+    torch.testing.assert_close(new, old, rtol=0, atol=0)
+    g = torch.randn_like(new)
+    leaves = [x, *mixer.parameters()]
+    for a, b in zip(torch.autograd.grad(new, leaves, g), torch.autograd.grad(old, leaves, g), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("length,rate", [(1, 10), (7, 3), (9, 3), (10, 10), (23, 10), (5, 1)])
 def test_reorder_is_the_stride_permutation_and_restore_inverts_it(length, rate):
     x = torch.arange(1, length + 1, dtype=torch.float32).view(1, 1, length)  # positions 1..L, 0 = padding
@@ -20,6 +53,10 @@ def test_reorder_is_the_stride_permutation_and_restore_inverts_it(length, rate):
     assert sorted(i for i in order.tolist() if i >= 0) == list(range(length))  # each instance exactly once
     y = torch.randn(2, 4, length)
     torch.testing.assert_close(restore(reorder(y, rate), rate, length), y, rtol=0, atol=0)
+    # along another axis: the same permutation of the rows of a (batch, L, d) tensor
+    rows = reorder(y.transpose(1, 2), rate, dim=1)
+    torch.testing.assert_close(rows, reorder(y, rate).transpose(1, 2), rtol=0, atol=0)
+    torch.testing.assert_close(restore(rows, rate, length, dim=1), y.transpose(1, 2), rtol=0, atol=0)
 
 
 def test_reorder_rejects_a_bad_rate():
@@ -27,6 +64,8 @@ def test_reorder_rejects_a_bad_rate():
         reorder(torch.zeros(1, 1, 4), 0)
     with pytest.raises(ValueError, match="rate must be a positive integer"):
         SRMamba(8, rate=0)
+    with pytest.raises(ValueError, match="restore expects 12 reordered positions along dim -1"):
+        restore(torch.zeros(1, 1, 10), 3, 11)
 
 
 def test_sr_mamba_is_the_sum_of_its_two_branches():

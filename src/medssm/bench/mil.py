@@ -8,13 +8,19 @@ one bag (1, n, 512) in training mode:
    mark (Linux VmHWM reset through /proc/self/clear_refs, :func:`medssm.bench.scan.peak_extra_memory`), with
    glibc's mmap threshold at 64 KiB so that freed blocks leave the resident set (as ``bench models`` does):
    the input bag and the weights are excluded, activations, gradients and every temporary included;
-3. times ``repeats`` forward+backward calls: the **median** wall time.
+3. times ``repeats`` forward+backward calls: the **median** wall time, under the malloc setting the calling
+   process had (the ``medssm`` command's: glibc keeps freed memory in its heap and never returns it), and
+   the **resident** memory those calls needed: the growth of the resident set's high-water mark over the
+   resident set after the warm-up (so weights, bag and one-off loads excluded, as for the peak). With the
+   ``medssm`` command's setting this is what a training process holds; freed blocks that later requests do
+   not fit leave it well above the peak (about 1.9x for mamba_mil at 20k instances).
 
 Variants: ``abmil``, ``transmil`` (Nystrom attention, the paper's), ``transmil_exact`` (exact softmax
-attention: quadratic time), ``mamba_mil`` and ``mamba_mil_nossm`` (``ssm=False``). A size is skipped, with the
+attention: quadratic time), ``mamba_mil``, ``mamba_mil_nossm`` (``ssm=False``) and ``mamba_mil_ckpt``
+(``checkpoint=True``: each SR-Mamba layer's activations recomputed in the backward). A size is skipped, with the
 reason in its row, when a smaller size of the variant failed for memory or time, when the smaller size's time
-extrapolated (linearly, quadratically for ``transmil_exact``) passes ``max_seconds``, when its peak memory
-extrapolated linearly passes 80% of the memory available at the start, or when a process dies
+extrapolated (linearly, quadratically for ``transmil_exact``) passes ``max_seconds``, when its peak or resident
+memory (the larger) extrapolated linearly passes 80% of the memory available at the start, or when a process dies
 or runs past its time limit. Per variant, the slopes of log(peak memory) and log(time) against log(n) say how
 each grows (1: linear). Results: a printed markdown table, ``mil.json`` and a log-log plot ``mil.png``.
 """
@@ -46,7 +52,7 @@ from .models import (
     loglog_slope,
     predicted_memory_skip,
 )
-from .scan import memory_supported, peak_extra_memory
+from .scan import _rss_bytes, memory_supported, peak_extra_memory
 
 DEFAULT_SIZES = (1_000, 10_000, 100_000)
 FEATURES, CLASSES = 512, 2
@@ -56,6 +62,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "transmil_exact": ("transmil", {"attention": "exact"}),
     "mamba_mil": ("mamba_mil", {}),
     "mamba_mil_nossm": ("mamba_mil", {"ssm": False}),
+    "mamba_mil_ckpt": ("mamba_mil", {"checkpoint": True}),
 }
 TIME_EXPONENT = {"transmil_exact": 2}  # how the time of a variant grows with n, for the skip rule (default 1)
 _RESULT_MARK = "MEDSSM-BENCH-MIL "
@@ -70,6 +77,7 @@ class Row:
     params: int | None = None
     ms: float | None = None
     peak_mb: float | None = None
+    resident_mb: float | None = None  # high-water of the timed calls (see the module docstring)
     skipped: str | None = None
     skip_kind: str | None = None  # memory | time | error
 
@@ -91,15 +99,20 @@ def measure_point(variant: str, n: int, repeats: int, fresh_process: bool = Fals
             model.zero_grad(set_to_none=True)
 
         step()  # warm-up
+        base = _rss_bytes("VmRSS") if memory else 0  # after the warm-up's one-off loads, as the peak's
         if memory:
             row.peak_mb = peak_extra_memory(step) / 2**20
             _restore_malloc(medssm_malloc)
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # reset VmHWM: the timed calls' own high-water
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
             step()
             times.append(time.perf_counter() - start)
         row.ms = 1e3 * statistics.median(times)
+        if memory:
+            row.resident_mb = max(0, _rss_bytes("VmHWM") - base) / 2**20
     except Exception as error:  # noqa: BLE001  (a failing size is a row, never the end of the run)
         row.skipped, row.skip_kind = describe_failure(error)
     return row
@@ -155,7 +168,8 @@ def _skip_reason(variant: str, n: int, previous: Row | None, max_seconds: float,
         growth = "quadratic" if exponent == 2 else "linear"
         return (f"predicted {predicted:.0f} s per call ({growth} from n={previous.n}) > --max-seconds "
                 f"{max_seconds:g}", "time")
-    return predicted_memory_skip(previous.peak_mb, n / previous.n, memory_mb, f"n={previous.n}")
+    measured = [m for m in (previous.peak_mb, previous.resident_mb) if m is not None]
+    return predicted_memory_skip(max(measured, default=None), n / previous.n, memory_mb, f"n={previous.n}")
 
 
 def measure_all(variants: list[str], sizes: list[int], repeats: int, threads: int, max_seconds: float,
@@ -175,7 +189,8 @@ def measure_all(variants: list[str], sizes: list[int], repeats: int, threads: in
                 row = measure_point(variant, n, repeats)
             rows.append(row)
             previous = row
-            done = f"{row.ms:.1f} ms, peak {_cell(row.peak_mb, '.0f')} MB" if row.skipped is None else row.skipped
+            done = (f"{row.ms:.1f} ms, peak {_cell(row.peak_mb, '.0f')} MB, resident {_cell(row.resident_mb, '.0f')} MB"
+                    if row.skipped is None else row.skipped)
             print(f"  {variant} n={n}: {done}", flush=True)
     return rows
 
@@ -197,11 +212,13 @@ def _cell(value: float | None, fmt: str) -> str:
 
 def format_table(rows: list[Row], fits: list[dict]) -> str:
     """Markdown: one row per variant and size, then the slopes per variant."""
-    lines = ["| model | params | instances | forward+backward (ms) | peak memory (MB) |", "|---|--:|--:|--:|--:|"]
+    lines = ["| model | params | instances | forward+backward (ms) | peak memory (MB) | resident (MB) |",
+             "|---|--:|--:|--:|--:|--:|"]
     for r in rows:
         timing = _cell(r.ms, ".1f") if r.skipped is None else f"skipped: {r.skipped.replace('|', '/')}"
         params = "-" if r.params is None else f"{r.params:,}"
-        lines.append(f"| {r.variant} | {params} | {r.n:,} | {timing} | {_cell(r.peak_mb, '.0f')} |")
+        lines.append(f"| {r.variant} | {params} | {r.n:,} | {timing} | {_cell(r.peak_mb, '.0f')} | "
+                     f"{_cell(r.resident_mb, '.0f')} |")
     lines += ["", "| model | sizes | memory slope (log MB / log n) | time slope |", "|---|---|--:|--:|"]
     for f in fits:
         lines.append(f"| {f['variant']} | {','.join(map(str, f['sizes']))} | {_cell(f['memory_slope'], '.2f')} | "

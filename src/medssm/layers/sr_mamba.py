@@ -10,28 +10,39 @@ parameters and share the input and output projections; their outputs are summed 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from .bimamba import BiMamba
 from .mamba import check_input
 
 
-def reorder(x: torch.Tensor, rate: int) -> torch.Tensor:
-    """(batch, d, L) -> (batch, d, r * ceil(L / r)): zero-padded to a multiple of ``rate``, then the positions
-    [0, r, 2r, ..., 1, r + 1, ...] (position i = k * r + w goes to w * K + k, K = ceil(L / r))."""
-    if rate < 1:
-        raise ValueError(f"rate must be a positive integer, got {rate}")
-    length = x.shape[-1]
+def _positions(length: int, rate: int, device: torch.device) -> tuple[torch.Tensor, int]:
+    """Where each bag position i = k * r + w goes in the reordered sequence, w * K + k (K = ceil(L / r)), as
+    an index (length,), and K * r, the reordered length."""
+    if not isinstance(rate, int) or rate < 1:
+        raise ValueError(f"rate must be a positive integer, got {rate!r}")
     groups = -(-length // rate)
-    x = F.pad(x, (0, groups * rate - length))
-    return x.unflatten(-1, (groups, rate)).transpose(-1, -2).flatten(-2)
+    i = torch.arange(length, device=device)
+    return (i % rate) * groups + i // rate, groups * rate
 
 
-def restore(x: torch.Tensor, rate: int, length: int) -> torch.Tensor:
-    """The inverse of :func:`reorder`: (batch, d, r * K) in reordered positions -> (batch, d, length) in bag
-    order, the padding dropped."""
-    groups = x.shape[-1] // rate
-    return x.unflatten(-1, (rate, groups)).transpose(-1, -2).flatten(-2)[..., :length]
+def reorder(x: torch.Tensor, rate: int, dim: int = -1) -> torch.Tensor:
+    """x with its sequence axis ``dim`` (length L; default the last, as in (batch, d, L)) zero-padded to a
+    multiple of ``rate`` and put in the order [0, r, 2r, ..., 1, r + 1, ...] (position i = k * r + w goes to
+    w * K + k, K = ceil(L / r)): one copy, the padding left at zero."""
+    dim = dim % x.dim()
+    index, padded = _positions(x.shape[dim], rate, x.device)
+    shape = (*x.shape[:dim], padded, *x.shape[dim + 1:])
+    return x.new_zeros(shape).index_copy_(dim, index, x)
+
+
+def restore(x: torch.Tensor, rate: int, length: int, dim: int = -1) -> torch.Tensor:
+    """The inverse of :func:`reorder`: x in reordered positions along ``dim`` (r * K long) -> the ``length``
+    positions in bag order (one copy), the padding dropped."""
+    index, padded = _positions(length, rate, x.device)
+    if x.shape[dim] != padded:
+        raise ValueError(f"restore expects {padded} reordered positions along dim {dim} for length {length} and "
+                         f"rate {rate}, got {x.shape[dim]}")
+    return x.index_select(dim, index)
 
 
 class SRMamba(BiMamba):
@@ -62,8 +73,12 @@ class SRMamba(BiMamba):
         """x: (batch, L, d_model) -> (batch, L, d_model)."""
         check_input(x, self.d_model)
         length = x.shape[1]
-        u, z = self.in_proj(x).transpose(1, 2).chunk(2, dim=1)
+        xz = self.in_proj(x)  # (batch, L, 2 * d_inner)
+        # Reordered as rows of xz, x and z in one copy that keeps the channels-last layout the conv and scan
+        # kernels read in place (reordering (batch, d_inner, L) views cost a pad, a copy and a transpose each).
+        u, z = xz.transpose(1, 2).chunk(2, dim=1)
+        u_r, z_r = reorder(xz, self.rate, dim=1).transpose(1, 2).chunk(2, dim=1)
         ordered, reordered = self._branch_parameters()
-        y = self.scan_branch(u, z, *ordered)
-        y_r = self.scan_branch(reorder(u, self.rate), reorder(z, self.rate), *reordered)
-        return self.out_proj((y + restore(y_r, self.rate, length)).transpose(1, 2))
+        y = self.scan_branch(u, z, *ordered).transpose(1, 2)  # (batch, L, d_inner)
+        y_r = self.scan_branch(u_r, z_r, *reordered).transpose(1, 2)
+        return self.out_proj(y + restore(y_r, self.rate, length, dim=1))

@@ -204,11 +204,12 @@ class _SelectiveScanCPU(torch.autograd.Function):
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
         plan = ScanPlan(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
         out, last, saved = scan_forward(plan, save=any(ctx.needs_input_grad))
-        ctx.plan, ctx.saved = plan, saved
         inputs = (u, delta, A, B, C, D, z, delta_bias)
-        # the plan reads the inputs' memory in place; saving them lets autograd refuse a backward after an
-        # in-place change to any of them, as it does for torch's own ops
-        ctx.save_for_backward(*(t for t in inputs if t is not None))
+        # Everything the backward needs goes through save_for_backward (the plan is rebuilt from it): autograd
+        # then frees it as soon as this node's backward ran, activation checkpointing can drop and recompute
+        # it, and an in-place change to an input since the forward is refused, as for torch's own ops.
+        ctx.save_for_backward(*inputs, *saved)
+        ctx.delta_softplus = delta_softplus
         ctx.like = [(t.dtype, t.shape) if t is not None else None for t in inputs]
         ctx.set_materialize_grads(False)
         return out.to(u.dtype), last
@@ -217,10 +218,13 @@ class _SelectiveScanCPU(torch.autograd.Function):
     def backward(ctx, gout, glast):
         if gout is None and glast is None:
             return (None,) * 9
-        ctx.saved_tensors  # noqa: B018  (raises if an input was modified in place since the forward)
-        batch, dim, seqlen, _ = ctx.plan.shape
+        *inputs, ckpt, y = ctx.saved_tensors  # raises if an input was modified in place since the forward
+        plan = ScanPlan(*inputs, ctx.delta_softplus)
+        if y.numel():
+            plan.strides[7] = y.stride()  # the layout scan_forward gave the saved output before the gate
+        batch, dim, seqlen, _ = plan.shape
         gout = torch.zeros(batch, dim, seqlen) if gout is None else gout
-        grads = scan_backward(ctx.plan, ctx.saved, gout, glast)
+        grads = scan_backward(plan, (ckpt, y), gout, glast)
         result = []
         for name, like, needed in zip(_NAMES, ctx.like, ctx.needs_input_grad, strict=False):
             g = grads[name]
