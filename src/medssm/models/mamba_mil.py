@@ -35,6 +35,8 @@ class MambaMIL(nn.Module):
             backward recomputes ``mixer(norm(h))`` one layer at a time, so that training keeps only each
             layer's input (dim floats per instance) instead of its activations (about 50 KB per instance at
             the defaults), for about one more forward pass of the layers. Same logits and gradients.
+            Bags of ~100k instances: docs/benchmarks.md, "mamba_mil on 100k instances" (memory per
+            instance, and why such a bag needs ``MEDSSM_MALLOC=default`` under the ``medssm`` command).
     """
 
     def __init__(self, in_channels: int = 512, out_channels: int = 2, encoder: str | None = None,
