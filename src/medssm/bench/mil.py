@@ -52,7 +52,7 @@ from .models import (
     loglog_slope,
     predicted_memory_skip,
 )
-from .scan import _rss_bytes, memory_supported, peak_extra_memory
+from .scan import memory_supported, peak_extra_memory, rss_bytes
 
 DEFAULT_SIZES = (1_000, 10_000, 100_000)
 FEATURES, CLASSES = 512, 2
@@ -99,7 +99,7 @@ def measure_point(variant: str, n: int, repeats: int, fresh_process: bool = Fals
             model.zero_grad(set_to_none=True)
 
         step()  # warm-up
-        base = _rss_bytes("VmRSS") if memory else 0  # after the warm-up's one-off loads, as the peak's
+        base = rss_bytes("VmRSS") if memory else 0  # after the warm-up's one-off loads, as the peak's
         if memory:
             row.peak_mb = peak_extra_memory(step) / 2**20
             _restore_malloc(medssm_malloc)
@@ -112,7 +112,7 @@ def measure_point(variant: str, n: int, repeats: int, fresh_process: bool = Fals
             times.append(time.perf_counter() - start)
         row.ms = 1e3 * statistics.median(times)
         if memory:
-            row.resident_mb = max(0, _rss_bytes("VmHWM") - base) / 2**20
+            row.resident_mb = max(0, rss_bytes("VmHWM") - base) / 2**20
     except Exception as error:  # noqa: BLE001  (a failing size is a row, never the end of the run)
         row.skipped, row.skip_kind = describe_failure(error)
     return row

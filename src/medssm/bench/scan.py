@@ -166,7 +166,8 @@ def copy_bandwidth(threads: int) -> float:
 # ---------------------------------------------------------------- memory
 
 
-def _rss_bytes(field_name: str) -> int:
+def rss_bytes(field_name: str) -> int:
+    """This process's resident-set figure ``field_name`` ("VmRSS" now, "VmHWM" its high-water mark) in bytes."""
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith(field_name + ":"):
@@ -186,9 +187,9 @@ def peak_extra_memory(fn: Callable[[], object]) -> int:
     """
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset VmHWM to the current resident set
-    before = _rss_bytes("VmRSS")
+    before = rss_bytes("VmRSS")
     fn()
-    return max(0, _rss_bytes("VmHWM") - before)
+    return max(0, rss_bytes("VmHWM") - before)
 
 
 _NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "u_bld", "delta_bld", "z_bld", "B_bln", "C_bln")
